@@ -1,0 +1,1 @@
+"""MLX engine for Qwen3.5: config, model, loading, tokenizer, caches, sampling and generation."""

@@ -1,0 +1,93 @@
+"""The engine facade: load a model once, then generate or score prompts with it.
+
+Not thread-safe by design: MLX arrays belong to the thread that built them, so one thread owns an Engine.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from engine import backend
+from engine.demo import DEMO_MODELS
+from engine.generate import (
+    GenerationResult,
+    PrefillOptions,
+    PromptScores,
+    score_prompt,
+    stream_generate,
+)
+from engine.loading import load_model, resolve_model_path
+from engine.model import Model
+from engine.sampling import SamplingParams
+from engine.tokenizer import Tokenizer
+
+log = logging.getLogger("deltaserve")
+
+
+@dataclass
+class EngineInfo:
+    """What was loaded, where it runs, and how prefill is done (for logs, /v1/models and metrics)."""
+
+    model_id: str
+    model_dir: Path
+    dtype: str
+    backend: str
+    prefill: PrefillOptions
+    load_seconds: float
+    is_demo: bool
+
+
+class Engine:
+    def __init__(self, model: Model, tokenizer: Tokenizer, info: EngineInfo):
+        self.model, self.tokenizer, self.info = model, tokenizer, info
+
+    @classmethod
+    def load(cls, spec: str, dtype: str = "auto", prefill: PrefillOptions | None = None) -> Engine:
+        """Resolve `spec` (directory, hub repo id or demo name) and load model and tokenizer."""
+        t0 = time.perf_counter()
+        be = backend.backend_name()
+        mx_dtype = backend.resolve_dtype(dtype, be)
+        model_dir = resolve_model_path(spec)
+        model = load_model(model_dir, mx_dtype)
+        tokenizer = Tokenizer(model_dir)
+        info = EngineInfo(
+            model_id=spec,
+            model_dir=model_dir,
+            dtype=backend.dtype_name(mx_dtype),
+            backend=be,
+            prefill=prefill or PrefillOptions(),
+            load_seconds=time.perf_counter() - t0,
+            is_demo=spec in DEMO_MODELS,
+        )
+        return cls(model, tokenizer, info)
+
+    def describe(self) -> list[str]:
+        """Start-up log lines: model, dtype, backend/BLAS, GDN prefill path."""
+        i = self.info
+        lines = [
+            f"model: {i.model_id} ({i.model_dir}), dtype {i.dtype}, loaded in {i.load_seconds:.1f} s",
+            backend.describe(),
+            f"GDN prefill path: {i.prefill.method}"
+            + (f" (chunk size {i.prefill.chunk_size})" if i.prefill.method != "serial" else "")
+            + f", prefill step {i.prefill.step_size} tokens",
+        ]
+        if i.is_demo:
+            lines.append("this is a demo model with RANDOM weights: its text is meaningless")
+        return lines
+
+    def encode(self, prompt: str | list[int]) -> list[int]:
+        return list(prompt) if isinstance(prompt, list) else self.tokenizer.encode(prompt)
+
+    def chat_tokens(self, messages: list[dict[str, Any]], enable_thinking: bool = False, **kw: Any) -> list[int]:
+        return self.tokenizer.apply_chat_template(messages, enable_thinking=enable_thinking, **kw)
+
+    def generate(self, prompt: list[int], params: SamplingParams) -> Iterator[GenerationResult]:
+        return stream_generate(self.model, self.tokenizer, prompt, params, self.info.prefill)
+
+    def score(self, prompt: list[int], top_k: int = 0) -> PromptScores:
+        return score_prompt(self.model, prompt, top_k, step_size=self.info.prefill.step_size)

@@ -1,0 +1,284 @@
+"""Generation in three layers: `prefill` / `decode_step`, the `generate_step` token loop, and
+`stream_generate`, which adds detokenization, stop handling, logprobs and timing."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import mlx.core as mx
+
+from engine.cache import cache_arrays
+from engine.errors import InvalidInputError
+from engine.model import Model
+from engine.sampling import (
+    LogitsProcessor,
+    Sampler,
+    SamplingParams,
+    make_key,
+    make_logits_processors,
+    make_sampler,
+)
+from engine.tokenizer import Tokenizer
+
+DEFAULT_PREFILL_STEP = 2048
+SCORE_SLICE = 256  # positions per slice of full-vocab logits when scoring a prompt
+
+
+@dataclass
+class PrefillOptions:
+    """How prompts are processed: GDN core path, its chunk size, and tokens per prefill step."""
+
+    method: str = "serial"
+    chunk_size: int = 64
+    step_size: int = DEFAULT_PREFILL_STEP
+
+
+@dataclass
+class GenerationResult:
+    """One generated token (or the final record), with the request's timing so far."""
+
+    text: str
+    token: int | None
+    logprob: float | None = None
+    top_logprobs: list[tuple[int, float]] = field(default_factory=list)
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    generation_tokens: int = 0
+    prefill_seconds: float = 0.0
+    decode_seconds: float = 0.0
+    prefill_path: str = "serial"
+    chunk_size: int | None = None
+    peak_memory_gb: float = 0.0
+
+    @property
+    def prompt_tps(self) -> float:
+        return self.prompt_tokens / self.prefill_seconds if self.prefill_seconds else 0.0
+
+    @property
+    def generation_tps(self) -> float:
+        """Decode rate after the first token (which prefill produced)."""
+        n = self.generation_tokens - 1
+        return n / self.decode_seconds if n > 0 and self.decode_seconds else 0.0
+
+
+def prefill(model: Model, tokens: mx.array, cache: list, *, step_size: int = DEFAULT_PREFILL_STEP) -> mx.array:
+    """Run the prompt [B, T] through the model in steps of `step_size`; logits [B, V] of the last position."""
+    while tokens.shape[1] > step_size:
+        model.hidden(tokens[:, :step_size], cache)
+        mx.eval(cache_arrays(cache))  # materialise the carried state so the graph does not grow
+        mx.clear_cache()
+        tokens = tokens[:, step_size:]
+    h = model.hidden(tokens, cache)
+    return model.head(h[:, -1, :])
+
+
+def decode_step(model: Model, token: mx.array, cache: list) -> mx.array:
+    """One token per sequence [B] through the cached model; logits [B, V]."""
+    return model(token[:, None], cache)[:, -1, :]
+
+
+def generate_step(
+    model: Model,
+    prompt: list[int],
+    cache: list,
+    *,
+    sampler: Sampler,
+    logits_processors: list[LogitsProcessor],
+    key: mx.array,
+    max_tokens: int,
+    step_size: int = DEFAULT_PREFILL_STEP,
+) -> Iterator[tuple[int, mx.array]]:
+    """Yield (token, log-probabilities [V]) up to `max_tokens` times.
+
+    The first token is evaluated before it is yielded (so the caller's clock measures prefill exactly);
+    afterwards step n+1 is queued with `async_eval` before token n is handed out.
+    """
+    history = list(prompt)
+
+    def sample(logits: mx.array) -> tuple[mx.array, mx.array]:
+        nonlocal key
+        logits = logits.astype(mx.float32)
+        logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)  # raw model distribution
+        for proc in logits_processors:
+            logits = proc(history, len(prompt), logits)
+        key, sub = mx.random.split(key)
+        return sampler(logits, sub), logprobs[0]
+
+    if max_tokens <= 0:
+        return
+    y, lp = sample(prefill(model, mx.array([prompt]), cache, step_size=step_size))
+    mx.eval(y, lp)
+    for n in range(1, max_tokens + 1):
+        nxt = None
+        if n < max_tokens:
+            if logits_processors:
+                history.append(int(y.item()))
+            nxt = sample(decode_step(model, y, cache))
+            mx.async_eval(*nxt)
+        yield int(y.item()), lp
+        if nxt is None:
+            return
+        y, lp = nxt
+
+
+def validate_prompt(prompt: list[int], vocab_size: int) -> None:
+    if not prompt:
+        raise InvalidInputError("the prompt is empty: give at least one token")
+    for i, t in enumerate(prompt):
+        if not 0 <= t < vocab_size:
+            raise InvalidInputError(
+                f"token id {t} at prompt position {i} is outside the vocabulary (0..{vocab_size - 1})"
+            )
+
+
+class _StopMatcher:
+    """Holds back text that may be the start of a stop string; cuts at the first full match."""
+
+    def __init__(self, stops: list[str]):
+        self.stops = [s for s in stops if s]
+        self.pending = ""
+
+    def feed(self, text: str) -> tuple[str, bool]:
+        """Add text; return (text safe to emit, whether a stop string was hit)."""
+        self.pending += text
+        hits = [i for i in (self.pending.find(s) for s in self.stops) if i >= 0]
+        if hits:
+            out, self.pending = self.pending[: min(hits)], ""
+            return out, True
+        hold = max((_overlap(self.pending, s) for s in self.stops), default=0)
+        cut = len(self.pending) - hold
+        out, self.pending = self.pending[:cut], self.pending[cut:]
+        return out, False
+
+    def flush(self) -> str:
+        out, self.pending = self.pending, ""
+        return out
+
+
+def _overlap(text: str, stop: str) -> int:
+    """Length of the longest suffix of `text` that is a proper prefix of `stop`."""
+    for n in range(min(len(text), len(stop) - 1), 0, -1):
+        if text.endswith(stop[:n]):
+            return n
+    return 0
+
+
+def _top_rows(lp: mx.array, k: int) -> list[list[tuple[int, float]]]:
+    """The k most likely (token, logprob) pairs of each row of lp [N, V], most likely first."""
+    if k <= 0:
+        return [[] for _ in range(lp.shape[0])]
+    idx = mx.argpartition(-lp, k - 1, axis=-1)[:, :k]
+    vals = mx.take_along_axis(lp, idx, axis=-1)
+    order = mx.argsort(-vals, axis=-1)
+    idx, vals = mx.take_along_axis(idx, order, axis=-1), mx.take_along_axis(vals, order, axis=-1)
+    return [list(zip(i, v, strict=True)) for i, v in zip(idx.tolist(), vals.tolist(), strict=False)]
+
+
+def _top(lp: mx.array, k: int) -> list[tuple[int, float]]:
+    return _top_rows(lp[None], k)[0]
+
+
+def stream_generate(
+    model: Model,
+    tokenizer: Tokenizer,
+    prompt: list[int],
+    params: SamplingParams,
+    options: PrefillOptions | None = None,
+) -> Iterator[GenerationResult]:
+    """Generate for one request; yields one result per token, the last with `finish_reason` set."""
+    options = options or PrefillOptions()
+    params.validate()
+    validate_prompt(prompt, model.args.vocab_size)
+    cache = model.make_cache(options.method, options.chunk_size)
+    stops = set(params.stop_token_ids) | (set() if params.ignore_eos else tokenizer.eos_token_ids)
+    matcher, detok = _StopMatcher(params.stop), tokenizer.detokenizer()
+    base = GenerationResult(text="", token=None, prompt_tokens=len(prompt), prefill_path=options.method)
+    base.chunk_size = options.chunk_size if options.method != "serial" else None
+    mx.reset_peak_memory()
+    steps = generate_step(
+        model,
+        prompt,
+        cache,
+        sampler=make_sampler(params),
+        logits_processors=make_logits_processors(params),
+        key=make_key(params.seed),
+        max_tokens=params.max_tokens,
+        step_size=options.step_size,
+    )
+    t0 = time.perf_counter()
+    for n, (token, lp) in enumerate(steps, start=1):
+        now = time.perf_counter()
+        if n == 1:
+            base.prefill_seconds, t_first = now - t0, now
+        base.decode_seconds, base.generation_tokens = now - t_first, n
+        result = _token_result(base, token, lp, params)
+        if token in stops:
+            result.text, result.finish_reason = matcher.flush() + detok.flush(), "stop"
+        else:
+            result.text, hit = matcher.feed(detok.add(token))
+            if hit:
+                result.finish_reason = "stop"
+            elif n == params.max_tokens:
+                result.text += matcher.feed(detok.flush())[0] + matcher.flush()
+                result.finish_reason = "length"
+        yield result
+        if result.finish_reason:
+            return
+    if params.max_tokens == 0:
+        mx.eval(prefill(model, mx.array([prompt]), cache, step_size=options.step_size))
+        base.prefill_seconds = time.perf_counter() - t0
+        yield _final(base, "length")
+
+
+def _token_result(base: GenerationResult, token: int, lp: mx.array, params: SamplingParams) -> GenerationResult:
+    result = GenerationResult(**{**base.__dict__, "text": "", "token": token})
+    result.peak_memory_gb = mx.get_peak_memory() / 1e9
+    if params.logprobs is not None:
+        result.logprob = lp[token].item()
+        result.top_logprobs = _top(lp, params.logprobs)
+    return result
+
+
+def _final(base: GenerationResult, reason: str) -> GenerationResult:
+    result = GenerationResult(**{**base.__dict__, "finish_reason": reason})
+    result.peak_memory_gb = mx.get_peak_memory() / 1e9
+    return result
+
+
+@dataclass
+class PromptScores:
+    """Per prompt position: log P(token | prefix) (None for the first) and the top-k alternatives."""
+
+    tokens: list[int]
+    logprobs: list[float | None]
+    top_logprobs: list[list[tuple[int, float]] | None]
+    greedy_next: int = 0  # argmax after the last prompt token
+
+
+def score_prompt(
+    model: Model, prompt: list[int], top_k: int = 0, *, step_size: int = DEFAULT_PREFILL_STEP, cache=None
+) -> PromptScores:
+    """Log-probabilities of every prompt token, computed slice by slice (full-vocab logits stay small)."""
+    validate_prompt(prompt, model.args.vocab_size)
+    cache = cache if cache is not None else model.make_cache()
+    ids = mx.array([prompt])
+    hidden = []
+    for s in range(0, len(prompt), step_size):
+        hidden.append(model.hidden(ids[:, s : s + step_size], cache)[0])
+        mx.eval(hidden[-1], cache_arrays(cache))
+    h = mx.concatenate(hidden, axis=0)
+    logprobs: list[float | None] = [None]
+    tops: list[list[tuple[int, float]] | None] = [None]
+    targets = mx.array(prompt[1:] + [0])
+    for s in range(0, len(prompt), SCORE_SLICE):
+        logits = model.head(h[s : s + SCORE_SLICE]).astype(mx.float32)
+        lp = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+        picked = mx.take_along_axis(lp, targets[s : s + SCORE_SLICE, None], axis=-1)[:, 0]
+        mx.eval(lp, picked)
+        logprobs.extend(picked.tolist())
+        tops.extend(_top_rows(lp, top_k))
+        last = lp[-1]
+    greedy = int(mx.argmax(last).item())
+    return PromptScores(list(prompt), logprobs[: len(prompt)], tops[: len(prompt)], greedy)

@@ -1,0 +1,303 @@
+"""Qwen3.5 text model (Gated DeltaNet + gated full attention) in MLX.
+
+Attribute names equal the Hugging Face parameter names, so `sanitize` only strips prefixes, drops the vision
+tower / MTP head and converts the raw layout (conv weight orientation, zero-centred norms).
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from engine.cache import GDNCache, KVCache
+from kernels import gated_delta
+
+SUPPORTED_MODEL_TYPES = ("qwen3_5_text", "qwen3_5")
+LAYER_TYPES = ("linear_attention", "full_attention")
+# (1 + w) norms: stored zero-centred in raw HF checkpoints, shifted once at load.
+SHIFTED_NORMS = ("input_layernorm.weight", "post_attention_layernorm.weight", "q_norm.weight", "k_norm.weight")
+DROPPED_PREFIXES = ("model.visual.", "visual.", "model.vision_tower.", "vision_tower.", "mtp.", "model.mtp.")
+KEY_PREFIXES = {
+    "model.language_model.": "model.",
+    "language_model.model.": "model.",
+    "language_model.lm_head.": "lm_head.",
+}
+
+
+@dataclass
+class ModelArgs:
+    """Text-model hyper-parameters; `from_dict` reads a flat text config (unknown keys ignored)."""
+
+    model_type: str
+    hidden_size: int
+    num_hidden_layers: int
+    intermediate_size: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    rms_norm_eps: float
+    vocab_size: int
+    linear_num_key_heads: int
+    linear_num_value_heads: int
+    linear_key_head_dim: int
+    linear_value_head_dim: int
+    linear_conv_kernel_dim: int = 4
+    head_dim: int | None = None
+    layer_types: list[str] | None = None
+    full_attention_interval: int = 4
+    rope_theta: float = 10_000_000.0
+    partial_rotary_factor: float = 0.25
+    max_position_embeddings: int = 262_144
+    tie_word_embeddings: bool = False
+    attention_bias: bool = False
+    hidden_act: str = "silu"
+    quantization: dict[str, Any] | None = None
+    eos_token_id: int | list[int] | None = None
+    rope_parameters: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, params: dict[str, Any]) -> ModelArgs:
+        names = inspect.signature(cls).parameters
+        return cls(**{k: v for k, v in params.items() if k in names})
+
+    def __post_init__(self) -> None:
+        rope = self.rope_parameters or {}
+        self.rope_theta = float(rope.get("rope_theta", self.rope_theta))
+        self.partial_rotary_factor = float(rope.get("partial_rotary_factor", self.partial_rotary_factor))
+        if self.head_dim is None:
+            self.head_dim = self.hidden_size // self.num_attention_heads
+        if self.layer_types is None:  # transformers' rule: layer i is full attention iff (i + 1) % interval == 0
+            n = self.full_attention_interval
+            self.layer_types = [LAYER_TYPES[(i + 1) % n == 0] for i in range(self.num_hidden_layers)]
+
+    @property
+    def rotary_dim(self) -> int:
+        return int(self.head_dim * self.partial_rotary_factor)
+
+
+def l2_normalize(x: mx.array, eps: float = 1e-6) -> mx.array:
+    """x * rsqrt(sum(x^2) + eps) over the last axis (eps on the sum, as transformers and fla)."""
+    return x * mx.rsqrt((x * x).sum(axis=-1, keepdims=True) + eps)
+
+
+class RMSNormGated(nn.Module):
+    """rmsnorm(o) * w * silu(z) per head, in fp32; the weight is plain (not 1 + w)."""
+
+    def __init__(self, dims: int, eps: float):
+        super().__init__()
+        self.weight = mx.ones((dims,))
+        self.eps = eps
+
+    def __call__(self, x: mx.array, gate: mx.array) -> mx.array:
+        normed = mx.fast.rms_norm(x.astype(mx.float32), None, self.eps).astype(x.dtype)
+        return ((self.weight * normed) * nn.silu(gate.astype(mx.float32))).astype(x.dtype)
+
+
+class GatedDeltaNet(nn.Module):
+    """Linear-attention mixer: projections, causal depthwise conv, fp32 gates, GDN core, gated norm."""
+
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.num_k_heads, self.num_v_heads = args.linear_num_key_heads, args.linear_num_value_heads
+        self.head_k_dim, self.head_v_dim = args.linear_key_head_dim, args.linear_value_head_dim
+        self.key_dim = self.num_k_heads * self.head_k_dim
+        self.value_dim = self.num_v_heads * self.head_v_dim
+        self.conv_kernel_size = args.linear_conv_kernel_dim
+        self.conv_dim = 2 * self.key_dim + self.value_dim
+        self.in_proj_qkv = nn.Linear(args.hidden_size, self.conv_dim, bias=False)
+        self.in_proj_z = nn.Linear(args.hidden_size, self.value_dim, bias=False)
+        self.in_proj_b = nn.Linear(args.hidden_size, self.num_v_heads, bias=False)
+        self.in_proj_a = nn.Linear(args.hidden_size, self.num_v_heads, bias=False)
+        self.conv1d = nn.Conv1d(
+            self.conv_dim, self.conv_dim, self.conv_kernel_size, groups=self.conv_dim, bias=False
+        )
+        self.A_log = mx.zeros((self.num_v_heads,), dtype=mx.float32)
+        self.dt_bias = mx.ones((self.num_v_heads,), dtype=mx.float32)
+        self.norm = RMSNormGated(self.head_v_dim, args.rms_norm_eps)
+        self.out_proj = nn.Linear(self.value_dim, args.hidden_size, bias=False)
+
+    def _conv(self, qkv: mx.array, cache: GDNCache) -> mx.array:
+        """Causal depthwise conv continuing from the cached last K-1 pre-conv rows; SiLU after."""
+        B, T, C = qkv.shape
+        past = cache.conv_state
+        if past is None:
+            past = mx.zeros((B, self.conv_kernel_size - 1, C), dtype=qkv.dtype)
+        window = mx.concatenate([past.astype(qkv.dtype), qkv], axis=1)
+        cache.conv_state = window[:, -(self.conv_kernel_size - 1) :]
+        return nn.silu(self.conv1d(window))  # "valid" conv: exactly T outputs
+
+    def _gates(self, a: mx.array, b: mx.array) -> tuple[mx.array, mx.array]:
+        """fp32 log decay g = -exp(A_log) * softplus(a + dt_bias) (softplus thresholded at 20) and beta."""
+        x = a.astype(mx.float32) + self.dt_bias.astype(mx.float32)
+        softplus = mx.where(x > 20.0, x, mx.logaddexp(x, 0.0))
+        g = -mx.exp(self.A_log.astype(mx.float32)) * softplus
+        return mx.maximum(g, -88.0), mx.sigmoid(b.astype(mx.float32))  # floor: exp(-88) is already ~0
+
+    def __call__(self, x: mx.array, cache: GDNCache) -> mx.array:
+        B, T, _ = x.shape
+        mixed = self._conv(self.in_proj_qkv(x), cache)
+        q, k, v = mx.split(mixed, [self.key_dim, 2 * self.key_dim], axis=-1)
+        q = q.reshape(B, T, self.num_k_heads, self.head_k_dim).astype(mx.float32)
+        k = k.reshape(B, T, self.num_k_heads, self.head_k_dim).astype(mx.float32)
+        v = v.reshape(B, T, self.num_v_heads, self.head_v_dim)
+        q = l2_normalize(q) * (self.head_k_dim**-0.5)  # the only place the q scale is applied
+        k = l2_normalize(k)
+        g, beta = self._gates(self.in_proj_a(x), self.in_proj_b(x))
+        state = cache.state
+        if state is None:
+            state = mx.zeros((B, self.num_v_heads, self.head_v_dim, self.head_k_dim), dtype=mx.float32)
+        out, cache.state = gated_delta(q, k, v, g, beta, state, method=cache.method, chunk_size=cache.chunk_size)
+        z = self.in_proj_z(x).reshape(B, T, self.num_v_heads, self.head_v_dim)
+        out = self.norm(out, z).reshape(B, T, self.value_dim)
+        return self.out_proj(out)
+
+
+class Attention(nn.Module):
+    """Full attention with a per-head packed query|gate projection, q/k norms and partial NeoX RoPE."""
+
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = (
+            args.num_attention_heads,
+            args.num_key_value_heads,
+            args.head_dim,
+        )
+        self.scale = self.head_dim**-0.5
+        bias = args.attention_bias
+        self.q_proj = nn.Linear(args.hidden_size, self.n_heads * self.head_dim * 2, bias=bias)
+        self.k_proj = nn.Linear(args.hidden_size, self.n_kv_heads * self.head_dim, bias=bias)
+        self.v_proj = nn.Linear(args.hidden_size, self.n_kv_heads * self.head_dim, bias=bias)
+        self.o_proj = nn.Linear(self.n_heads * self.head_dim, args.hidden_size, bias=bias)
+        self.q_norm = nn.RMSNorm(self.head_dim, eps=args.rms_norm_eps)
+        self.k_norm = nn.RMSNorm(self.head_dim, eps=args.rms_norm_eps)
+        self.rope = nn.RoPE(args.rotary_dim, traditional=False, base=args.rope_theta)
+
+    def __call__(self, x: mx.array, cache: KVCache) -> mx.array:
+        B, T, _ = x.shape
+        q, gate = mx.split(self.q_proj(x).reshape(B, T, self.n_heads, 2 * self.head_dim), 2, axis=-1)
+        q = self.q_norm(q).transpose(0, 2, 1, 3)
+        k = self.k_norm(self.k_proj(x).reshape(B, T, self.n_kv_heads, -1)).transpose(0, 2, 1, 3)
+        v = self.v_proj(x).reshape(B, T, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
+        q, k = self.rope(q, offset=cache.offset), self.rope(k, offset=cache.offset)
+        k, v = cache.update_and_fetch(k, v)
+        mask = "causal" if T > 1 else None  # lower-right aligned: correct against a filled cache
+        o = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask=mask)
+        o = o.transpose(0, 2, 1, 3).reshape(B, T, -1)
+        return self.o_proj(o * mx.sigmoid(gate.reshape(B, T, -1)))
+
+
+class MLP(nn.Module):
+    def __init__(self, dim: int, hidden_dim: int):
+        super().__init__()
+        self.gate_proj = nn.Linear(dim, hidden_dim, bias=False)
+        self.up_proj = nn.Linear(dim, hidden_dim, bias=False)
+        self.down_proj = nn.Linear(hidden_dim, dim, bias=False)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return self.down_proj(nn.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, args: ModelArgs, layer_type: str):
+        super().__init__()
+        self.is_linear = layer_type == "linear_attention"
+        if self.is_linear:
+            self.linear_attn = GatedDeltaNet(args)
+        else:
+            self.self_attn = Attention(args)
+        self.mlp = MLP(args.hidden_size, args.intermediate_size)
+        self.input_layernorm = nn.RMSNorm(args.hidden_size, eps=args.rms_norm_eps)
+        self.post_attention_layernorm = nn.RMSNorm(args.hidden_size, eps=args.rms_norm_eps)
+
+    def __call__(self, x: mx.array, cache: GDNCache | KVCache) -> mx.array:
+        mixer = self.linear_attn if self.is_linear else self.self_attn
+        h = x + mixer(self.input_layernorm(x), cache)
+        return h + self.mlp(self.post_attention_layernorm(h))
+
+
+class TextModel(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(args.vocab_size, args.hidden_size)
+        self.layers = [DecoderLayer(args, t) for t in args.layer_types]
+        self.norm = nn.RMSNorm(args.hidden_size, eps=args.rms_norm_eps)
+
+    def __call__(self, inputs: mx.array, cache: list) -> mx.array:
+        h = self.embed_tokens(inputs)
+        for layer, c in zip(self.layers, cache, strict=True):
+            h = layer(h, c)
+        return self.norm(h)
+
+
+class Model(nn.Module):
+    """Qwen3.5 causal LM. `model(ids, cache)` gives logits at every position; `hidden` + `head` split them."""
+
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.args = args
+        self.model_type = args.model_type
+        self.model = TextModel(args)
+        if not args.tie_word_embeddings:
+            self.lm_head = nn.Linear(args.hidden_size, args.vocab_size, bias=False)
+
+    def hidden(self, inputs: mx.array, cache: list | None = None) -> mx.array:
+        """Final-norm hidden states [B, T, hidden] for token ids [B, T]."""
+        return self.model(inputs, cache if cache is not None else self.make_cache())
+
+    def head(self, h: mx.array) -> mx.array:
+        if self.args.tie_word_embeddings:
+            return self.model.embed_tokens.as_linear(h)
+        return self.lm_head(h)
+
+    def __call__(self, inputs: mx.array, cache: list | None = None) -> mx.array:
+        return self.head(self.hidden(inputs, cache))
+
+    @property
+    def layers(self) -> list[DecoderLayer]:
+        return self.model.layers
+
+    def make_cache(self, gdn_method: str = "serial", chunk_size: int = 64) -> list[GDNCache | KVCache]:
+        """One cache object per layer: GDN conv + recurrent state, or an attention KV cache."""
+        return [GDNCache(gdn_method, chunk_size) if layer.is_linear else KVCache() for layer in self.layers]
+
+    def sanitize(self, weights: dict[str, mx.array]) -> dict[str, mx.array]:
+        """Map any supported checkpoint layout onto this module's parameter names."""
+        raw_layout = is_raw_hf_layout(weights)
+        out = {}
+        for key, value in weights.items():
+            if key.startswith(DROPPED_PREFIXES):
+                continue
+            out[canonical_key(key)] = value
+        if self.args.tie_word_embeddings:
+            out.pop("lm_head.weight", None)
+        if raw_layout:
+            out = {k: _convert_raw(k, v) for k, v in out.items()}
+        return out
+
+
+def canonical_key(key: str) -> str:
+    """Strip a checkpoint's prefix (`model.language_model.`, `language_model.model.`, ...) to our naming."""
+    for prefix, replacement in KEY_PREFIXES.items():
+        if key.startswith(prefix):
+            return replacement + key[len(prefix) :]
+    return key
+
+
+def is_raw_hf_layout(weights: dict[str, mx.array]) -> bool:
+    """Raw HF checkpoints store the conv weight as [C, 1, K]; converted MLX ones as [C, K, 1]."""
+    convs = [v for k, v in weights.items() if k.endswith("linear_attn.conv1d.weight")]
+    if convs:
+        return convs[0].shape[-1] != 1
+    # No GDN layer: MLX conversions are recognisable by their prefix or by quantization.
+    return not any(k.startswith("language_model.") or k.endswith(".scales") for k in weights)
+
+
+def _convert_raw(key: str, value: mx.array) -> mx.array:
+    if key.endswith("conv1d.weight"):
+        return value.moveaxis(2, 1)
+    if key.endswith(SHIFTED_NORMS) or key == "model.norm.weight":
+        return value.astype(mx.float32) + 1.0  # shifted in fp32; the loader casts to the model dtype
+    return value

@@ -1,0 +1,1 @@
+"""The `deltaserve` command line and (later) the HTTP server."""

@@ -1,0 +1,55 @@
+"""State carried across calls: cached decode and split prefill against transformers' full forward."""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from engine.cache import cache_arrays
+from engine.generate import decode_step, prefill
+from engine.loading import load_model
+from tests.engine.hf_checkpoints import make_checkpoint
+from tests.numerics import assert_close, assert_close_to_scale
+
+REL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    path = tmp_path_factory.mktemp("hf-cache")
+    ck = make_checkpoint(path, seed=11, linear_num_value_heads=4, linear_key_head_dim=24, linear_value_head_dim=16)
+    ids = [int(i) for i in np.random.default_rng(5).integers(0, ck.vocab_size, 80)]
+    return ck, load_model(path, mx.float32), ids, ck.logits(ids)
+
+
+def test_cached_decode_equals_full_forward(checkpoint):
+    _, model, ids, expected = checkpoint
+    cache = model.make_cache()
+    logits = [prefill(model, mx.array([ids[:50]]), cache)]
+    for t in ids[50:]:
+        logits.append(decode_step(model, mx.array([t]), cache))
+    actual = np.array(mx.concatenate(logits, axis=0))  # predictions after positions 49..79
+    assert_close_to_scale("decode logits", actual, expected[49:], rel=REL)
+
+
+@pytest.mark.parametrize("split", [(40, 30), (1, 69), (64, 16)], ids=lambda s: f"{s[0]}+{s[1]}")
+def test_split_prefill_equals_one_shot(checkpoint, split):
+    _, model, ids, expected = checkpoint
+    ids = ids[: sum(split)]
+    cache = model.make_cache()
+    prefill(model, mx.array([ids[: split[0]]]), cache)
+    last = prefill(model, mx.array([ids[split[0] :]]), cache)
+    assert_close_to_scale("last logits", np.array(last[0]), expected[len(ids) - 1], rel=REL)
+
+
+def test_prefill_steps_smaller_than_prompt_match_one_step(checkpoint):
+    _, model, ids, expected = checkpoint
+    one, stepped = model.make_cache(), model.make_cache()
+    a = prefill(model, mx.array([ids]), one, step_size=4096)
+    b = prefill(model, mx.array([ids]), stepped, step_size=16)
+    assert_close_to_scale("last logits", np.array(b[0]), expected[-1], rel=REL)
+    for i, (x, y) in enumerate(zip(cache_arrays(one), cache_arrays(stepped), strict=True)):
+        assert x.shape == y.shape
+        assert_close(f"cache array {i}", np.array(y), np.array(x), atol=1e-5, rtol=1e-4)
+    assert_close("logits", np.array(b), np.array(a), atol=1e-5, rtol=1e-4)

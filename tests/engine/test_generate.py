@@ -1,0 +1,86 @@
+"""The generation loop: greedy/cached consistency, stops, logprobs, prompt scoring and input errors."""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import numpy as np
+import pytest
+import torch
+
+from engine.errors import InvalidInputError
+from engine.generate import score_prompt
+from engine.loading import load_model
+from engine.sampling import SamplingParams
+from tests.engine.hf_checkpoints import make_checkpoint
+from tests.numerics import assert_close
+
+
+def _run(engine, prompt, **kw):
+    return list(engine.generate(engine.encode(prompt), SamplingParams(**kw)))
+
+
+def test_greedy_tokens_and_logprobs_match_a_full_forward(demo_engine):
+    prompt = demo_engine.encode("The quick brown fox")
+    out = list(demo_engine.generate(prompt, SamplingParams(max_tokens=12, temperature=0, logprobs=3,
+                                                           ignore_eos=True)))
+    tokens = [r.token for r in out]
+    logits = demo_engine.model(mx.array([prompt + tokens]))[0, len(prompt) - 1 : -1].astype(mx.float32)
+    logprobs = np.array(logits - mx.logsumexp(logits, axis=-1, keepdims=True))
+    assert tokens == logprobs.argmax(-1).tolist()
+    assert_close("token logprobs", [r.logprob for r in out], logprobs[np.arange(12), tokens], atol=1e-4)
+    for r, row in zip(out, logprobs, strict=True):
+        assert [t for t, _ in r.top_logprobs] == np.argsort(-row)[:3].tolist()
+    assert out[-1].finish_reason == "length" and out[-1].generation_tokens == 12
+
+
+def test_seed_reproduces_samples_and_other_seeds_differ(demo_engine):
+    a = [r.token for r in _run(demo_engine, "hi", max_tokens=16, temperature=1.0, seed=7, ignore_eos=True)]
+    b = [r.token for r in _run(demo_engine, "hi", max_tokens=16, temperature=1.0, seed=7, ignore_eos=True)]
+    c = [r.token for r in _run(demo_engine, "hi", max_tokens=16, temperature=1.0, seed=8, ignore_eos=True)]
+    assert a == b and a != c
+
+
+def test_stop_string_is_matched_on_text_and_removed(demo_engine):
+    full = "".join(r.text for r in _run(demo_engine, "abc", max_tokens=40, temperature=1.0, seed=3,
+                                        ignore_eos=True))
+    clean = [i for i in range(4, len(full) - 2) if full[i : i + 2].isprintable() and "\ufffd" not in full[i : i + 2]]
+    stop = full[clean[0] : clean[0] + 2]
+    out = _run(demo_engine, "abc", max_tokens=40, temperature=1.0, seed=3, stop=[stop], ignore_eos=True)
+    assert "".join(r.text for r in out) == full[: full.find(stop)]
+    assert out[-1].finish_reason == "stop"
+
+
+def test_stop_token_ends_generation_without_its_text(demo_engine):
+    free = _run(demo_engine, "xyz", max_tokens=20, temperature=1.0, seed=5, ignore_eos=True)
+    stop_id = free[4].token
+    first = next(i for i, r in enumerate(free) if r.token == stop_id)
+    out = _run(demo_engine, "xyz", max_tokens=20, temperature=1.0, seed=5, stop_token_ids=[stop_id], ignore_eos=True)
+    assert [r.token for r in out] == [r.token for r in free[: first + 1]]
+    assert out[-1].finish_reason == "stop" and out[-1].text == ""
+
+
+@pytest.mark.parametrize(
+    "prompt, message",
+    [([], "prompt is empty"), ([1, 2, 384], "token id 384 at prompt position 2"), ([-1], "token id -1")],
+    ids=["empty", "too-large", "negative"],
+)
+def test_bad_prompt_is_rejected_clearly(demo_engine, prompt, message):
+    with pytest.raises(InvalidInputError, match=message):
+        list(demo_engine.generate(prompt, SamplingParams(max_tokens=2)))
+
+
+def test_max_tokens_zero_runs_prefill_only(demo_engine):
+    out = _run(demo_engine, "hello", max_tokens=0)
+    assert len(out) == 1 and out[0].token is None and out[0].prefill_seconds > 0
+
+
+def test_prompt_scores_match_transformers_log_softmax(tmp_path):
+    ck = make_checkpoint(tmp_path, seed=4, linear_num_value_heads=4)
+    ids = [int(i) for i in np.random.default_rng(1).integers(0, ck.vocab_size, 300)]
+    ref = torch.log_softmax(torch.from_numpy(ck.logits(ids)).double(), -1).numpy()
+    scores = score_prompt(load_model(tmp_path, mx.float32), ids, top_k=5, step_size=128)
+    assert scores.logprobs[0] is None and scores.top_logprobs[0] is None
+    assert_close("prompt logprobs", scores.logprobs[1:], ref[np.arange(len(ids) - 1), ids[1:]], atol=1e-4)
+    for pos in (1, 150, 299):
+        assert [t for t, _ in scores.top_logprobs[pos]] == np.argsort(-ref[pos - 1])[:5].tolist()
+    assert scores.greedy_next == int(ref[-1].argmax())
