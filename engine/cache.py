@@ -8,7 +8,8 @@ import mlx.core as mx
 class GDNCache:
     """Gated DeltaNet layer state: last K-1 pre-conv rows [B, K-1, C] and the fp32 state [B, Hv, Dv, Dk].
 
-    Also carries the prefill path for this layer's core, so the choice travels with the request.
+    Also carries the GDN core path for multi-token calls (set per prefill step by `set_gdn_path`);
+    single-token calls always take the serial step.
     """
 
     def __init__(self, method: str = "serial", chunk_size: int = 64):
@@ -52,6 +53,13 @@ class KVCache:
     @property
     def arrays(self) -> list[mx.array]:
         return [a for a in (self.keys, self.values) if a is not None]
+
+
+def set_gdn_path(cache: list[GDNCache | KVCache], method: str, chunk_size: int) -> None:
+    """Choose the GDN core path of every GDN layer for the next multi-token call."""
+    for c in cache:
+        if isinstance(c, GDNCache):
+            c.method, c.chunk_size = method, chunk_size
 
 
 def cache_arrays(cache: list[GDNCache | KVCache]) -> list[mx.array]:

@@ -73,8 +73,12 @@ class Engine:
             f"model: {i.model_id} ({i.model_dir}), dtype {i.dtype}, loaded in {i.load_seconds:.1f} s",
             backend.describe(),
             f"GDN prefill path: {i.prefill.method}"
-            + (f" (chunk size {i.prefill.chunk_size})" if i.prefill.method != "serial" else "")
-            + f", prefill step {i.prefill.step_size} tokens",
+            + (
+                f" (chunk size {i.prefill.chunk_size}; steps under {i.prefill.min_chunked_tokens} tokens stay serial)"
+                if i.prefill.method == "chunked"
+                else ""
+            )
+            + f", prefill step {i.prefill.step_size} tokens, backend {i.backend}",
         ]
         if i.is_demo:
             lines.append("this is a demo model with RANDOM weights: its text is meaningless")
@@ -90,4 +94,4 @@ class Engine:
         return stream_generate(self.model, self.tokenizer, prompt, params, self.info.prefill)
 
     def score(self, prompt: list[int], top_k: int = 0) -> PromptScores:
-        return score_prompt(self.model, prompt, top_k, step_size=self.info.prefill.step_size)
+        return score_prompt(self.model, prompt, top_k, self.info.prefill)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import mlx.core as mx
 
-from engine.cache import cache_arrays
+from engine.cache import cache_arrays, set_gdn_path
 from engine.errors import InvalidInputError
 from engine.model import Model
 from engine.sampling import (
@@ -23,16 +23,29 @@ from engine.sampling import (
 from engine.tokenizer import Tokenizer
 
 DEFAULT_PREFILL_STEP = 2048
+# Below this many tokens a prefill step takes the serial GDN path even with --gdn-chunked: on a 2-core CPU
+# the chunked core wins from ~8 tokens (C=32) / ~16 (C=64) at the 0.8B head shape (docs/BENCHMARKS.md).
+DEFAULT_MIN_CHUNKED_TOKENS = 16
 SCORE_SLICE = 256  # positions per slice of full-vocab logits when scoring a prompt
 
 
 @dataclass
 class PrefillOptions:
-    """How prompts are processed: GDN core path, its chunk size, and tokens per prefill step."""
+    """How prompts are processed: GDN core path, its chunk size, tokens per prefill step, and the shortest
+    step that takes the chunked path when it is enabled."""
 
     method: str = "serial"
     chunk_size: int = 64
     step_size: int = DEFAULT_PREFILL_STEP
+    min_chunked_tokens: int = DEFAULT_MIN_CHUNKED_TOKENS
+
+    def method_for(self, n_tokens: int) -> str:
+        """The GDN path one prefill step of `n_tokens` takes."""
+        return "chunked" if self.method == "chunked" and n_tokens >= self.min_chunked_tokens else "serial"
+
+    def path_for_prompt(self, n_tokens: int) -> str:
+        """The path a whole prompt records: chunked if its longest step (the first) was chunked."""
+        return self.method_for(min(n_tokens, self.step_size))
 
 
 @dataclass
@@ -63,13 +76,18 @@ class GenerationResult:
         return n / self.decode_seconds if n > 0 and self.decode_seconds else 0.0
 
 
-def prefill(model: Model, tokens: mx.array, cache: list, *, step_size: int = DEFAULT_PREFILL_STEP) -> mx.array:
-    """Run the prompt [B, T] through the model in steps of `step_size`; logits [B, V] of the last position."""
-    while tokens.shape[1] > step_size:
-        model.hidden(tokens[:, :step_size], cache)
+def prefill(model: Model, tokens: mx.array, cache: list, options: PrefillOptions | None = None) -> mx.array:
+    """Run the prompt [B, T] through the model in steps of `options.step_size` tokens, each step on the GDN
+    path `options.method_for(step)`; returns logits [B, V] of the last position only."""
+    options = options or PrefillOptions()
+    step = options.step_size
+    while tokens.shape[1] > step:
+        set_gdn_path(cache, options.method_for(step), options.chunk_size)
+        model.hidden(tokens[:, :step], cache)
         mx.eval(cache_arrays(cache))  # materialise the carried state so the graph does not grow
         mx.clear_cache()
-        tokens = tokens[:, step_size:]
+        tokens = tokens[:, step:]
+    set_gdn_path(cache, options.method_for(tokens.shape[1]), options.chunk_size)
     h = model.hidden(tokens, cache)
     return model.head(h[:, -1, :])
 
@@ -88,7 +106,7 @@ def generate_step(
     logits_processors: list[LogitsProcessor],
     key: mx.array,
     max_tokens: int,
-    step_size: int = DEFAULT_PREFILL_STEP,
+    options: PrefillOptions | None = None,
 ) -> Iterator[tuple[int, mx.array]]:
     """Yield (token, log-probabilities [V]) up to `max_tokens` times.
 
@@ -108,7 +126,7 @@ def generate_step(
 
     if max_tokens <= 0:
         return
-    y, lp = sample(prefill(model, mx.array([prompt]), cache, step_size=step_size))
+    y, lp = sample(prefill(model, mx.array([prompt]), cache, options))
     mx.eval(y, lp)
     for n in range(1, max_tokens + 1):
         nxt = None
@@ -191,11 +209,12 @@ def stream_generate(
     options = options or PrefillOptions()
     params.validate()
     validate_prompt(prompt, model.args.vocab_size)
-    cache = model.make_cache(options.method, options.chunk_size)
+    cache = model.make_cache()
     stops = set(params.stop_token_ids) | (set() if params.ignore_eos else tokenizer.eos_token_ids)
     matcher, detok = _StopMatcher(params.stop), tokenizer.detokenizer()
-    base = GenerationResult(text="", token=None, prompt_tokens=len(prompt), prefill_path=options.method)
-    base.chunk_size = options.chunk_size if options.method != "serial" else None
+    path = options.path_for_prompt(len(prompt))
+    base = GenerationResult(text="", token=None, prompt_tokens=len(prompt), prefill_path=path)
+    base.chunk_size = options.chunk_size if path == "chunked" else None
     mx.reset_peak_memory()
     steps = generate_step(
         model,
@@ -205,7 +224,7 @@ def stream_generate(
         logits_processors=make_logits_processors(params),
         key=make_key(params.seed),
         max_tokens=params.max_tokens,
-        step_size=options.step_size,
+        options=options,
     )
     t0 = time.perf_counter()
     for n, (token, lp) in enumerate(steps, start=1):
@@ -227,7 +246,7 @@ def stream_generate(
         if result.finish_reason:
             return
     if params.max_tokens == 0:
-        mx.eval(prefill(model, mx.array([prompt]), cache, step_size=options.step_size))
+        mx.eval(prefill(model, mx.array([prompt]), cache, options))
         base.prefill_seconds = time.perf_counter() - t0
         yield _final(base, "length")
 
@@ -258,15 +277,17 @@ class PromptScores:
 
 
 def score_prompt(
-    model: Model, prompt: list[int], top_k: int = 0, *, step_size: int = DEFAULT_PREFILL_STEP, cache=None
+    model: Model, prompt: list[int], top_k: int = 0, options: PrefillOptions | None = None
 ) -> PromptScores:
     """Log-probabilities of every prompt token, computed slice by slice (full-vocab logits stay small)."""
     validate_prompt(prompt, model.args.vocab_size)
-    cache = cache if cache is not None else model.make_cache()
+    options = options or PrefillOptions()
+    cache, step = model.make_cache(), options.step_size
     ids = mx.array([prompt])
     hidden = []
-    for s in range(0, len(prompt), step_size):
-        hidden.append(model.hidden(ids[:, s : s + step_size], cache)[0])
+    for s in range(0, len(prompt), step):
+        set_gdn_path(cache, options.method_for(min(step, len(prompt) - s)), options.chunk_size)
+        hidden.append(model.hidden(ids[:, s : s + step], cache)[0])
         mx.eval(hidden[-1], cache_arrays(cache))
     h = mx.concatenate(hidden, axis=0)
     logprobs: list[float | None] = [None]

@@ -149,7 +149,8 @@ class GatedDeltaNet(nn.Module):
         state = cache.state
         if state is None:
             state = mx.zeros((B, self.num_v_heads, self.head_v_dim, self.head_k_dim), dtype=mx.float32)
-        out, cache.state = gated_delta(q, k, v, g, beta, state, method=cache.method, chunk_size=cache.chunk_size)
+        method = cache.method if T > 1 else "serial"  # decode: one token, always the serial step
+        out, cache.state = gated_delta(q, k, v, g, beta, state, method=method, chunk_size=cache.chunk_size)
         z = self.in_proj_z(x).reshape(B, T, self.num_v_heads, self.head_v_dim)
         out = self.norm(out, z).reshape(B, T, self.value_dim)
         return self.out_proj(out)

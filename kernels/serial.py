@@ -30,8 +30,10 @@ def gated_delta_serial(
     g: mx.array,
     beta: mx.array,
     state: mx.array,
+    *,
+    chunk_size: int = 64,
 ) -> tuple[mx.array, mx.array]:
-    """Token-by-token recurrence.
+    """Token-by-token recurrence (`chunk_size` is accepted for a uniform signature and ignored).
 
     q, k [B, T, Hk, Dk] (normalised, q scaled); v [B, T, Hv, Dv]; g (log decay) and beta [B, T, Hv] fp32;
     state [B, Hv, Dv, Dk] fp32. Returns (out [B, T, Hv, Dv] in v's dtype, new state fp32).

@@ -1,4 +1,5 @@
-"""The `deltaserve` command: `generate` (one-shot generation with timing)."""
+"""The `deltaserve` command: `generate` (one-shot generation with timing) and `bench` (serial vs chunked
+GDN prefill, interleaved A/B)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import sys
 
 ENV_NO_PRELOAD = "DELTASERVE_NO_BLAS_PRELOAD"
 ENV_REEXECED = "DELTASERVE_BLAS_REEXEC"
+ENV_CHUNKED = "DELTASERVE_GDN_CHUNKED"
 
 
 def maybe_preload_openblas(argv: list[str]) -> None:
@@ -26,11 +28,41 @@ def maybe_preload_openblas(argv: list[str]) -> None:
     os.execve(sys.executable, [sys.executable, "-m", "server.cli", *argv], env)
 
 
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
+    from engine.generate import DEFAULT_MIN_CHUNKED_TOKENS, DEFAULT_PREFILL_STEP
+
     p.add_argument("--model", default="demo", help="local directory, Hugging Face repo id, demo or demo-0.8b")
     p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"])
-    p.add_argument("--prefill-step", type=int, default=2048, help="tokens per prefill step")
+    p.add_argument("--prefill-step", type=int, default=DEFAULT_PREFILL_STEP, help="tokens per prefill step")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument(
+        "--gdn-chunked",
+        action="store_true",
+        default=_env_flag(ENV_CHUNKED),
+        help=f"chunked-parallel GDN prefill (also {ENV_CHUNKED}=1); decode always uses the serial step",
+    )
+    p.add_argument("--chunk-size", type=int, default=64, choices=[16, 32, 64, 128], help="GDN chunk size")
+    p.add_argument(
+        "--gdn-min-tokens",
+        type=int,
+        default=DEFAULT_MIN_CHUNKED_TOKENS,
+        help="prefill steps shorter than this stay on the serial GDN path even with --gdn-chunked",
+    )
+
+
+def _prefill_options(args: argparse.Namespace):
+    from engine.generate import PrefillOptions
+
+    return PrefillOptions(
+        method="chunked" if args.gdn_chunked else "serial",
+        chunk_size=args.chunk_size,
+        step_size=args.prefill_step,
+        min_chunked_tokens=args.gdn_min_tokens,
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -50,15 +82,28 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=None)
     g.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     g.set_defaults(func=cmd_generate)
+    b = sub.add_parser("bench", help="A/B benchmark of serial vs chunked GDN prefill (interleaved)")
+    _add_model_args(b)
+    b.add_argument("--mode", choices=["core", "e2e"], default="core",
+                   help="core: the GDN core alone at --heads x --head-dim; e2e: whole-model prefill of --model")
+    b.add_argument("--contexts", default="289,529,1009,2048,4096", help="comma-separated prompt lengths")
+    b.add_argument("--runs", type=int, default=3, help="timed serial/chunked pairs per context")
+    b.add_argument("--warmup", type=int, default=1, help="untimed pairs per context before the runs")
+    b.add_argument("--heads", type=int, default=16, help="core mode: value heads (0.8B: 16)")
+    b.add_argument("--head-dim", type=int, default=128, help="core mode: Dk = Dv (0.8B: 128)")
+    b.add_argument("--layers", type=int, default=18, help="core mode: GDN layers to account for (0.8B: 18)")
+    b.add_argument("--builtin", action="store_true",
+                   help="core mode: also time MLX's mx.fast.gated_delta_update on the same inputs")
+    b.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
+    b.set_defaults(func=cmd_bench)
     return parser
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from engine.engine import Engine
-    from engine.generate import PrefillOptions
     from engine.sampling import SamplingParams
 
-    engine = Engine.load(args.model, args.dtype, PrefillOptions(step_size=args.prefill_step))
+    engine = Engine.load(args.model, args.dtype, _prefill_options(args))
     for line in engine.describe():
         logging.getLogger("deltaserve").info(line)
     if args.chat:
@@ -82,12 +127,53 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if result is not None:
         print(
             f"prompt: {result.prompt_tokens} tokens in {result.prefill_seconds * 1e3:.1f} ms "
-            f"({result.prompt_tps:.1f} tok/s, {result.prefill_path} GDN prefill) | "
+            f"({result.prompt_tps:.1f} tok/s, {result.prefill_path} GDN prefill"
+            + (f", C={result.chunk_size}" if result.chunk_size else "")
+            + ") | "
             f"generation: {result.generation_tokens} tokens, {result.generation_tps:.1f} tok/s | "
             f"finish: {result.finish_reason} | peak memory {result.peak_memory_gb:.3f} GB",
             file=sys.stderr,
         )
     return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    import json
+    import platform
+
+    import mlx.core as mx
+    from tqdm import tqdm
+
+    from engine import backend, bench
+
+    contexts = [int(x) for x in args.contexts.split(",") if x.strip()]
+    dtype = backend.resolve_dtype(args.dtype)
+    options = _prefill_options(args)
+    if args.mode == "core":
+        run = bench.core_runner(args.heads, args.head_dim, dtype, args.chunk_size)
+        what = f"GDN core, {args.heads} heads x {args.head_dim}, one layer timed, x{args.layers} layers"
+    else:
+        from engine.engine import Engine
+
+        engine = Engine.load(args.model, args.dtype, options)
+        run, dtype = bench.e2e_runner(engine.model, options), backend.resolve_dtype(engine.info.dtype)
+        what = f"end-to-end prefill of {args.model} (step {options.step_size})"
+    header = [
+        f"deltaserve bench: {what}; dtype {backend.dtype_name(dtype)}, chunk size {args.chunk_size}",
+        f"{backend.describe()}; MLX {mx.__version__}, Python {platform.python_version()}",
+        f"{args.warmup} warm-up + {args.runs} timed interleaved serial/chunked pairs per context",
+    ]
+    methods = ("serial", "chunked") + (("builtin",) if args.builtin and args.mode == "core" else ())
+    with tqdm(total=len(contexts) * (args.warmup + args.runs), file=sys.stderr, leave=False, disable=None) as bar:
+        rows = bench.run_bench(run, contexts, runs=args.runs, warmup=args.warmup, dtype=dtype, methods=methods,
+                               progress=lambda msg: (bar.set_description(msg), bar.update()))
+    scale = args.layers if args.mode == "core" else 1
+    if args.json:
+        print(json.dumps({"header": header, "layers": scale, "rows": [r.to_dict() for r in rows]}, indent=2))
+    else:
+        print("\n".join(header))
+        print(bench.format_table(rows, scale=scale))
+    return 0 if all(r.gate_ok for r in rows) else 1
 
 
 def main(argv: list[str] | None = None) -> int:

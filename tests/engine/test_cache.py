@@ -1,4 +1,4 @@
-"""State carried across calls: cached decode and split prefill against transformers' full forward."""
+"""State carried across calls, on both GDN paths: cached decode and split prefill against transformers."""
 
 from __future__ import annotations
 
@@ -7,12 +7,13 @@ import numpy as np
 import pytest
 
 from engine.cache import cache_arrays
-from engine.generate import decode_step, prefill
+from engine.generate import PrefillOptions, decode_step, prefill
 from engine.loading import load_model
 from tests.engine.hf_checkpoints import make_checkpoint
 from tests.numerics import assert_close, assert_close_to_scale
 
 REL = 1e-4
+PATHS = {"serial": PrefillOptions(), "chunked-C16": PrefillOptions(method="chunked", chunk_size=16)}
 
 
 @pytest.fixture(scope="module")
@@ -23,10 +24,11 @@ def checkpoint(tmp_path_factory):
     return ck, load_model(path, mx.float32), ids, ck.logits(ids)
 
 
-def test_cached_decode_equals_full_forward(checkpoint):
+@pytest.mark.parametrize("path", list(PATHS))
+def test_cached_decode_equals_full_forward(checkpoint, path):
     _, model, ids, expected = checkpoint
     cache = model.make_cache()
-    logits = [prefill(model, mx.array([ids[:50]]), cache)]
+    logits = [prefill(model, mx.array([ids[:50]]), cache, PATHS[path])]
     for t in ids[50:]:
         logits.append(decode_step(model, mx.array([t]), cache))
     actual = np.array(mx.concatenate(logits, axis=0))  # predictions after positions 49..79
@@ -34,20 +36,23 @@ def test_cached_decode_equals_full_forward(checkpoint):
 
 
 @pytest.mark.parametrize("split", [(40, 30), (1, 69), (64, 16)], ids=lambda s: f"{s[0]}+{s[1]}")
-def test_split_prefill_equals_one_shot(checkpoint, split):
+@pytest.mark.parametrize("path", list(PATHS))
+def test_split_prefill_equals_one_shot(checkpoint, split, path):
     _, model, ids, expected = checkpoint
     ids = ids[: sum(split)]
     cache = model.make_cache()
-    prefill(model, mx.array([ids[: split[0]]]), cache)
-    last = prefill(model, mx.array([ids[split[0] :]]), cache)
+    prefill(model, mx.array([ids[: split[0]]]), cache, PATHS[path])
+    last = prefill(model, mx.array([ids[split[0] :]]), cache, PATHS[path])
     assert_close_to_scale("last logits", np.array(last[0]), expected[len(ids) - 1], rel=REL)
 
 
-def test_prefill_steps_smaller_than_prompt_match_one_step(checkpoint):
+@pytest.mark.parametrize("path", list(PATHS))
+def test_prefill_steps_smaller_than_prompt_match_one_step(checkpoint, path):
     _, model, ids, expected = checkpoint
     one, stepped = model.make_cache(), model.make_cache()
-    a = prefill(model, mx.array([ids]), one, step_size=4096)
-    b = prefill(model, mx.array([ids]), stepped, step_size=16)
+    options = PATHS[path]
+    a = prefill(model, mx.array([ids]), one, PrefillOptions(options.method, options.chunk_size, step_size=4096))
+    b = prefill(model, mx.array([ids]), stepped, PrefillOptions(options.method, options.chunk_size, step_size=24))
     assert_close_to_scale("last logits", np.array(b[0]), expected[-1], rel=REL)
     for i, (x, y) in enumerate(zip(cache_arrays(one), cache_arrays(stepped), strict=True)):
         assert x.shape == y.shape

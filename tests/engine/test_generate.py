@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from engine.errors import InvalidInputError
-from engine.generate import score_prompt
+from engine.generate import PrefillOptions, score_prompt
 from engine.loading import load_model
 from engine.sampling import SamplingParams
 from tests.engine.hf_checkpoints import make_checkpoint
@@ -78,7 +78,7 @@ def test_prompt_scores_match_transformers_log_softmax(tmp_path):
     ck = make_checkpoint(tmp_path, seed=4, linear_num_value_heads=4)
     ids = [int(i) for i in np.random.default_rng(1).integers(0, ck.vocab_size, 300)]
     ref = torch.log_softmax(torch.from_numpy(ck.logits(ids)).double(), -1).numpy()
-    scores = score_prompt(load_model(tmp_path, mx.float32), ids, top_k=5, step_size=128)
+    scores = score_prompt(load_model(tmp_path, mx.float32), ids, top_k=5, options=PrefillOptions(step_size=128))
     assert scores.logprobs[0] is None and scores.top_logprobs[0] is None
     assert_close("prompt logprobs", scores.logprobs[1:], ref[np.arange(len(ids) - 1), ids[1:]], atol=1e-4)
     for pos in (1, 150, 299):

@@ -25,3 +25,53 @@ def serial(q, k, v, g, beta, state):
                 S[b, h] += np.outer(k[b, t, kh], u)
                 out[b, t, h] = S[b, h].T @ q[b, t, kh]
     return out, S.transpose(0, 1, 3, 2)
+
+
+def chunked(q, k, v, g, beta, state, C):
+    """The chunk algebra of DESIGN.md section 2.2 in float64, stage by stage, per (batch, value head).
+
+    Returns a dict of every stage ([B, Hv, N, ...] arrays; O is the per-chunk output) plus `out`
+    [B, T, Hv, Dv] and the final `state` [B, Hv, Dv, Dk].
+    """
+    q, k, v, g, beta = (np.asarray(x, dtype=np.float64) for x in (q, k, v, g, beta))
+    B, T, Hk, Dk = k.shape
+    Hv, Dv = v.shape[2:]
+    N = -(-T // C)
+    pad = N * C - T
+
+    def chunks(x):  # [T, ...] -> [N, C, ...] with zero padding (beta = 0 and g = 0 make padding exact)
+        return np.concatenate([x, np.zeros((pad, *x.shape[1:]))]).reshape(N, C, *x.shape[1:])
+
+    names = ("G", "D", "Tinv", "U", "W", "R", "starts", "O")
+    st = {n: [[None] * Hv for _ in range(B)] for n in names}
+    final = np.zeros((B, Hv, Dk, Dv))
+    for b in range(B):
+        for h in range(Hv):
+            kh = h * Hk // Hv
+            Q, K, V, gb, bb = chunks(q[b, :, kh]), chunks(k[b, :, kh]), chunks(v[b, :, h]), chunks(g[b, :, h]), chunks(
+                beta[b, :, h]
+            )
+            S = np.asarray(state[b, h], dtype=np.float64).T.copy()  # [Dk, Dv]
+            res = {n: [] for n in names}
+            for n in range(N):
+                G = np.cumsum(gb[n])
+                with np.errstate(over="ignore"):
+                    D = np.where(np.tril(np.ones((C, C))) > 0, np.exp(np.minimum(G[:, None] - G[None, :], 0)), 0.0)
+                A = np.tril(bb[n][:, None] * (K[n] @ K[n].T) * D, -1)
+                Tinv = np.eye(C)
+                for r in range(1, C):  # forward substitution: T_r = e_r - A_r T
+                    Tinv[r] = np.eye(C)[r] - A[r] @ Tinv
+                U = Tinv @ (bb[n][:, None] * V[n])
+                W = Tinv @ ((bb[n] * np.exp(G))[:, None] * K[n])
+                R = U - W @ S
+                out = np.exp(G)[:, None] * (Q[n] @ S) + ((Q[n] @ K[n].T) * D) @ R
+                for name, val in zip(names, (G, D, Tinv, U, W, R, S.copy(), out), strict=True):
+                    res[name].append(val)
+                S = np.exp(G[-1]) * S + (np.exp(G[-1] - G)[:, None] * K[n]).T @ R
+            for name in names:
+                st[name][b][h] = np.stack(res[name])
+            final[b, h] = S
+    result = {n: np.array(st[n]) for n in names}
+    result["out"] = result["O"].reshape(B, Hv, N * C, Dv)[:, :, :T].transpose(0, 2, 1, 3)
+    result["state"] = final.transpose(0, 1, 3, 2)
+    return result

@@ -44,3 +44,30 @@ def test_bad_model_is_one_clear_line(model, message):
 def test_empty_prompt_is_a_clear_error(demo_dir):
     r = _cli("generate", "--model", "demo", "--prompt", "")
     assert r.returncode == 2 and "prompt is empty" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize(
+    "env, args, expected",
+    [
+        ({"DELTASERVE_GDN_CHUNKED": "1"}, [], "chunked GDN prefill, C=64"),
+        ({}, ["--gdn-chunked", "--chunk-size", "32"], "chunked GDN prefill, C=32"),
+        ({}, [], "serial GDN prefill"),
+        ({}, ["--gdn-chunked", "--gdn-min-tokens", "100000"], "serial GDN prefill"),
+    ],
+    ids=["env", "flag-C32", "default-serial", "below-threshold"],
+)
+def test_generate_records_the_gdn_path_it_took(demo_dir, env, args, expected):
+    r = _cli("generate", "--model", "demo", "--prompt", "x" * 40, "--max-tokens", "2", *args, env=env)
+    assert r.returncode == 0, r.stderr
+    assert expected in r.stderr
+
+
+def test_bench_e2e_json_on_the_demo_model(demo_dir):
+    import json
+
+    r = _cli("bench", "--mode", "e2e", "--model", "demo", "--contexts", "33,70", "--runs", "1", "--warmup", "0",
+             "--chunk-size", "16", "--json")
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(r.stdout)["rows"]
+    assert [row["tokens"] for row in rows] == [33, 70]
+    assert all(row["gate_ok"] and row["chunked_tps"] > 0 for row in rows)
