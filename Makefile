@@ -3,7 +3,8 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 MODEL ?= demo
-PROMPT ?= Write a haiku about state-space models.
+PORT ?= 8000
+ARGS ?=
 PY := $(VENV)/bin/python
 UNAME_S := $(shell uname -s)
 
@@ -25,7 +26,7 @@ OPENBLAS = $(shell $(PY) -c "from engine.backend import find_openblas; print(fin
 .PHONY: serve test lint install clean
 
 serve: $(RUN_STAMP)
-	$(VENV)/bin/deltaserve generate --model $(MODEL) --chat --prompt "$(PROMPT)"
+	$(VENV)/bin/deltaserve serve --model $(MODEL) --port $(PORT) $(ARGS)
 
 test: $(TEST_STAMP)
 	$(VENV)/bin/ruff check .

@@ -20,7 +20,7 @@ from mlx.utils import tree_flatten
 
 from engine.model import SHIFTED_NORMS, Model, ModelArgs
 
-DEMO_VERSION = 1
+DEMO_VERSION = 2
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
 CHATML_TEMPLATE = (
     "{%- for message in messages %}"
@@ -113,12 +113,16 @@ def write_demo(path: Path, name: str) -> None:
     eos = [SPECIAL_TOKENS.index("<|im_end|>") + 256, SPECIAL_TOKENS.index("<|endoftext|>") + 256]
     (path / "config.json").write_text(json.dumps({**config, "eos_token_id": eos[1]}, indent=2))
     (path / "generation_config.json").write_text(json.dumps({"eos_token_id": eos}, indent=2))
-    write_byte_tokenizer(path)
-    save_sharded(path, random_raw_weights(args, DEMO_DTYPES[name]))
+    n_tokens = write_byte_tokenizer(path)
+    save_sharded(path, random_raw_weights(args, DEMO_DTYPES[name], used_tokens=n_tokens))
 
 
-def random_raw_weights(args: ModelArgs, dtype: mx.Dtype, seed: int = 0) -> dict[str, mx.array]:
-    """Deterministic random weights in the raw HF layout, keyed by HF names (norms randomised too)."""
+def random_raw_weights(args: ModelArgs, dtype: mx.Dtype, seed: int = 0, used_tokens: int | None = None):
+    """Deterministic random weights in the raw HF layout, keyed by HF names (norms randomised too).
+
+    Embedding rows past `used_tokens` (padding ids the tokenizer never produces) are zero, as in trained
+    checkpoints, so the tied head practically never picks a token that decodes to nothing.
+    """
     weights = {}
     for name, param in tree_flatten(Model(args).parameters()):
         key = mx.random.key(zlib.crc32(f"{seed}:{name}".encode()))
@@ -135,6 +139,8 @@ def random_raw_weights(args: ModelArgs, dtype: mx.Dtype, seed: int = 0) -> dict[
             value = (0.3 * mx.random.normal(shape, key=key)).moveaxis(1, 2)  # [C, K, 1] -> HF [C, 1, K]
         else:
             value = 0.02 * mx.random.normal(shape, key=key)
+        if name == "model.embed_tokens.weight" and used_tokens is not None:
+            value = mx.where(mx.arange(shape[0])[:, None] < used_tokens, value, 0.0)
         weights[name] = value.astype(mx.float32 if name.endswith(("A_log", "dt_bias")) else dtype)
     return weights
 
@@ -174,8 +180,8 @@ def _bytes_to_unicode() -> dict[int, str]:
     return chars
 
 
-def write_byte_tokenizer(path: Path) -> None:
-    """A byte-level tokenizer (token id == byte value) plus the ChatML specials and template."""
+def write_byte_tokenizer(path: Path) -> int:
+    """A byte-level tokenizer (token id == byte value) plus the ChatML specials and template; returns its size."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
@@ -188,3 +194,4 @@ def write_byte_tokenizer(path: Path) -> None:
         tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>", chat_template=CHATML_TEMPLATE
     )
     hf.save_pretrained(str(path))
+    return len(hf)

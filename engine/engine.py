@@ -18,6 +18,7 @@ from engine.generate import (
     GenerationResult,
     PrefillOptions,
     PromptScores,
+    StepHook,
     score_prompt,
     stream_generate,
 )
@@ -90,8 +91,20 @@ class Engine:
     def chat_tokens(self, messages: list[dict[str, Any]], enable_thinking: bool = False, **kw: Any) -> list[int]:
         return self.tokenizer.apply_chat_template(messages, enable_thinking=enable_thinking, **kw)
 
-    def generate(self, prompt: list[int], params: SamplingParams) -> Iterator[GenerationResult]:
-        return stream_generate(self.model, self.tokenizer, prompt, params, self.info.prefill)
+    def generate(
+        self, prompt: list[int], params: SamplingParams, on_step: StepHook | None = None
+    ) -> Iterator[GenerationResult]:
+        return stream_generate(self.model, self.tokenizer, prompt, params, self.info.prefill, on_step)
 
-    def score(self, prompt: list[int], top_k: int = 0) -> PromptScores:
-        return score_prompt(self.model, prompt, top_k, self.info.prefill)
+    def score(self, prompt: list[int], top_k: int = 0, on_step: StepHook | None = None) -> PromptScores:
+        return score_prompt(self.model, prompt, top_k, self.info.prefill, on_step)
+
+    def warm_up(self) -> None:
+        """Compile and cache every kernel a first request would need: a short and a chunk-length prompt,
+        a few decode steps, sampling and scoring."""
+        lengths = {1, 2, max(self.info.prefill.min_chunked_tokens, 2)}
+        for n in sorted(lengths):
+            prompt = [i % self.model.args.vocab_size for i in range(1, n + 1)]
+            for _ in self.generate(prompt, SamplingParams(max_tokens=3, temperature=1.0, seed=0, logprobs=2)):
+                pass
+        self.score([1, 2, 3], top_k=2)

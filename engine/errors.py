@@ -13,3 +13,7 @@ class ModelLoadError(DeltaserveError):
 
 class InvalidInputError(DeltaserveError):
     """A prompt or parameter the engine cannot run (empty prompt, token id outside the vocabulary, ...)."""
+
+
+class Cancelled(Exception):
+    """Raised between prefill steps or decode steps when the request's client has gone away."""

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import mlx.core as mx
@@ -27,6 +27,9 @@ DEFAULT_PREFILL_STEP = 2048
 # the chunked core wins from ~8 tokens (C=32) / ~16 (C=64) at the 0.8B head shape (docs/BENCHMARKS.md).
 DEFAULT_MIN_CHUNKED_TOKENS = 16
 SCORE_SLICE = 256  # positions per slice of full-vocab logits when scoring a prompt
+# Called after every prefill step but the last with (tokens processed, prompt length); it may raise
+# (e.g. engine.errors.Cancelled) to stop the request between steps.
+StepHook = Callable[[int, int], None]
 
 
 @dataclass
@@ -76,17 +79,21 @@ class GenerationResult:
         return n / self.decode_seconds if n > 0 and self.decode_seconds else 0.0
 
 
-def prefill(model: Model, tokens: mx.array, cache: list, options: PrefillOptions | None = None) -> mx.array:
+def prefill(
+    model: Model, tokens: mx.array, cache: list, options: PrefillOptions | None = None, on_step: StepHook | None = None
+) -> mx.array:
     """Run the prompt [B, T] through the model in steps of `options.step_size` tokens, each step on the GDN
     path `options.method_for(step)`; returns logits [B, V] of the last position only."""
     options = options or PrefillOptions()
-    step = options.step_size
+    step, total = options.step_size, tokens.shape[1]
     while tokens.shape[1] > step:
         set_gdn_path(cache, options.method_for(step), options.chunk_size)
         model.hidden(tokens[:, :step], cache)
         mx.eval(cache_arrays(cache))  # materialise the carried state so the graph does not grow
         mx.clear_cache()
         tokens = tokens[:, step:]
+        if on_step:
+            on_step(total - tokens.shape[1], total)
     set_gdn_path(cache, options.method_for(tokens.shape[1]), options.chunk_size)
     h = model.hidden(tokens, cache)
     return model.head(h[:, -1, :])
@@ -107,6 +114,7 @@ def generate_step(
     key: mx.array,
     max_tokens: int,
     options: PrefillOptions | None = None,
+    on_step: StepHook | None = None,
 ) -> Iterator[tuple[int, mx.array]]:
     """Yield (token, log-probabilities [V]) up to `max_tokens` times.
 
@@ -126,7 +134,7 @@ def generate_step(
 
     if max_tokens <= 0:
         return
-    y, lp = sample(prefill(model, mx.array([prompt]), cache, options))
+    y, lp = sample(prefill(model, mx.array([prompt]), cache, options, on_step))
     mx.eval(y, lp)
     for n in range(1, max_tokens + 1):
         nxt = None
@@ -139,6 +147,14 @@ def generate_step(
         if nxt is None:
             return
         y, lp = nxt
+
+
+def validate_params(params: SamplingParams, vocab_size: int) -> None:
+    params.validate()
+    for name, ids in (("logit_bias", params.logit_bias), ("stop_token_ids", params.stop_token_ids)):
+        bad = [t for t in ids if not 0 <= t < vocab_size]
+        if bad:
+            raise InvalidInputError(f"{name} names token id {bad[0]}, outside the vocabulary (0..{vocab_size - 1})")
 
 
 def validate_prompt(prompt: list[int], vocab_size: int) -> None:
@@ -204,10 +220,11 @@ def stream_generate(
     prompt: list[int],
     params: SamplingParams,
     options: PrefillOptions | None = None,
+    on_step: StepHook | None = None,
 ) -> Iterator[GenerationResult]:
     """Generate for one request; yields one result per token, the last with `finish_reason` set."""
     options = options or PrefillOptions()
-    params.validate()
+    validate_params(params, model.args.vocab_size)
     validate_prompt(prompt, model.args.vocab_size)
     cache = model.make_cache()
     stops = set(params.stop_token_ids) | (set() if params.ignore_eos else tokenizer.eos_token_ids)
@@ -225,6 +242,7 @@ def stream_generate(
         key=make_key(params.seed),
         max_tokens=params.max_tokens,
         options=options,
+        on_step=on_step,
     )
     t0 = time.perf_counter()
     for n, (token, lp) in enumerate(steps, start=1):
@@ -246,7 +264,7 @@ def stream_generate(
         if result.finish_reason:
             return
     if params.max_tokens == 0:
-        mx.eval(prefill(model, mx.array([prompt]), cache, options))
+        mx.eval(prefill(model, mx.array([prompt]), cache, options, on_step))
         base.prefill_seconds = time.perf_counter() - t0
         yield _final(base, "length")
 
@@ -277,7 +295,11 @@ class PromptScores:
 
 
 def score_prompt(
-    model: Model, prompt: list[int], top_k: int = 0, options: PrefillOptions | None = None
+    model: Model,
+    prompt: list[int],
+    top_k: int = 0,
+    options: PrefillOptions | None = None,
+    on_step: StepHook | None = None,
 ) -> PromptScores:
     """Log-probabilities of every prompt token, computed slice by slice (full-vocab logits stay small)."""
     validate_prompt(prompt, model.args.vocab_size)
@@ -289,6 +311,8 @@ def score_prompt(
         set_gdn_path(cache, options.method_for(min(step, len(prompt) - s)), options.chunk_size)
         hidden.append(model.hidden(ids[:, s : s + step], cache)[0])
         mx.eval(hidden[-1], cache_arrays(cache))
+        if on_step and s + step < len(prompt):
+            on_step(s + step, len(prompt))
     h = mx.concatenate(hidden, axis=0)
     logprobs: list[float | None] = [None]
     tops: list[list[tuple[int, float]] | None] = [None]

@@ -31,6 +31,7 @@ class SamplingParams:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     logprobs: int | None = None  # None: no logprobs; k >= 0: chosen token plus k alternatives
+    logit_bias: dict[int, float] = field(default_factory=dict)  # token id -> added to its logit
 
     def validate(self) -> None:
         checks = [
@@ -92,6 +93,9 @@ def make_logits_processors(p: SamplingParams) -> list[LogitsProcessor]:
     Each processor is called as proc(tokens, n_prompt, logits [1, V]) with tokens = prompt + generated.
     """
     procs: list[LogitsProcessor] = []
+    if p.logit_bias:
+        ids, bias = mx.array(list(p.logit_bias)), mx.array(list(p.logit_bias.values()), dtype=mx.float32)
+        procs.append(lambda tokens, n_prompt, logits: _add_bias(logits, ids, bias))
     if p.repetition_penalty != 1.0:
         procs.append(lambda tokens, n_prompt, logits: _repetition(tokens, logits, p.repetition_penalty))
     if p.presence_penalty or p.frequency_penalty:
@@ -101,6 +105,11 @@ def make_logits_processors(p: SamplingParams) -> list[LogitsProcessor]:
             )
         )
     return procs
+
+
+def _add_bias(logits: mx.array, ids: mx.array, bias: mx.array) -> mx.array:
+    logits[:, ids] = logits[:, ids] + bias
+    return logits
 
 
 def _repetition(tokens: list[int], logits: mx.array, penalty: float) -> mx.array:

@@ -1,5 +1,5 @@
-"""The `deltaserve` command: `generate` (one-shot generation with timing) and `bench` (serial vs chunked
-GDN prefill, interleaved A/B)."""
+"""The `deltaserve` command: `serve` (the OpenAI-compatible HTTP server), `generate` (one-shot generation
+with timing) and `bench` (serial vs chunked GDN prefill, interleaved A/B)."""
 
 from __future__ import annotations
 
@@ -68,6 +68,7 @@ def _prefill_options(args: argparse.Namespace):
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="deltaserve", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_serve_parser(sub)
     g = sub.add_parser("generate", help="generate once from a prompt and print text and timing")
     _add_model_args(g)
     g.add_argument("--prompt", required=True)
@@ -97,6 +98,63 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
     b.set_defaults(func=cmd_bench)
     return parser
+
+
+def _add_serve_parser(sub) -> None:
+    from server.settings import Settings
+
+    d = Settings.model_fields
+    s = sub.add_parser("serve", help="serve the model over an OpenAI-compatible HTTP API")
+    _add_model_args(s)
+    s.add_argument("--host", default=d["host"].default, help="bind address (default loopback only)")
+    s.add_argument("--port", type=int, default=d["port"].default)
+    s.add_argument("--served-model-name", default=None, help="model id clients send (default: --model)")
+    s.add_argument("--max-queue", type=int, default=d["max_queue"].default, help="waiting requests before 503")
+    s.add_argument("--max-tokens-default", type=int, default=d["max_tokens_default"].default)
+    s.add_argument("--context-length", type=int, default=None, help="prompt + max_tokens limit (default: model's)")
+    s.add_argument("--api-key", default=os.environ.get("DELTASERVE_API_KEY"), help="or env DELTASERVE_API_KEY")
+    s.add_argument("--cors-origin", action="append", default=[], help="allowed CORS origin (repeatable)")
+    s.add_argument("--timing-store-size", type=int, default=d["timing_store_size"].default)
+    s.add_argument("--max-body-bytes", type=int, default=d["max_body_bytes"].default)
+    s.add_argument("--keepalive-seconds", type=float, default=d["keepalive_seconds"].default)
+    s.add_argument("--no-warm-up", dest="warm_up", action="store_false", help="skip compiling kernels at start")
+    s.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+    from pydantic import ValidationError
+
+    from engine.engine import Engine
+    from engine.worker import EngineWorker
+    from server.app import create_app
+    from server.settings import Settings
+
+    fields = {k: v for k, v in vars(args).items() if k in Settings.model_fields}
+    try:
+        settings = Settings(**{**fields, "model": args.model, "prefill_step": args.prefill_step,
+                               "gdn_min_tokens": args.gdn_min_tokens})
+    except ValidationError as e:
+        print(f"deltaserve: error: invalid setting: {e.errors()[0]['loc'][0]}: {e.errors()[0]['msg']}",
+              file=sys.stderr)
+        return 2
+    log = logging.getLogger("deltaserve")
+    if not settings.api_key:
+        log.info("no API key set: the /v1 routes accept every client on %s", settings.host)
+    worker = EngineWorker(lambda: Engine.load(settings.model, settings.dtype, settings.prefill_options()),
+                          max_queue=settings.max_queue, warm_up=settings.warm_up)
+    config = uvicorn.Config(None, host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
+                            timeout_graceful_shutdown=5)
+    server = uvicorn.Server(config)
+    config.app = create_app(settings, worker, on_load_failure=lambda: setattr(server, "should_exit", True))
+    server.run()
+    if worker.load_error is not None:
+        from engine.errors import DeltaserveError
+
+        err = worker.load_error
+        print(f"deltaserve: error: {err if isinstance(err, DeltaserveError) else repr(err)}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def cmd_generate(args: argparse.Namespace) -> int:

@@ -1,0 +1,111 @@
+"""Building response bodies from engine results: usage, logprobs, and the shared SSE driver."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+
+from fastapi import Request
+
+from engine.generate import GenerationResult
+from engine.worker import Progress, Scores, Token
+from server.errors import ApiError
+from server.schemas import CompletionLogprobs, TokenLogprob, TopLogprob, Usage
+from server.service import AppState, EngineRun, watch_disconnect
+from server.streaming import DONE, comment, sse, sse_error
+
+
+def token_text(state: AppState, token: int) -> str:
+    with state.tokenizer_lock:
+        return state.tokenizer.token_text(token)
+
+
+def top_dict(state: AppState, top: list[tuple[int, float]]) -> dict[str, float]:
+    """{token text: logprob}, most likely first; tokens that share a text keep the highest logprob."""
+    out: dict[str, float] = {}
+    for t, lp in top:
+        out.setdefault(token_text(state, t), lp)
+    return out
+
+
+def usage(prompt_tokens: int, completion_tokens: int, reasoning_tokens: int = 0) -> Usage:
+    return Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                 total_tokens=prompt_tokens + completion_tokens,
+                 completion_tokens_details={"reasoning_tokens": reasoning_tokens})
+
+
+def completion_logprobs(state: AppState, prompt: list[int] | None, scores: Scores | None,
+                        results: list[GenerationResult], offset: int = 0) -> CompletionLogprobs:
+    """Classic logprobs: with echo the prompt tokens come first (the first has no logprob)."""
+    tokens, lps, tops = [], [], []
+    if prompt is not None and scores is not None:
+        s = scores.scores
+        tokens += [token_text(state, t) for t in prompt]
+        lps += s.logprobs
+        tops += [None if top is None else top_dict(state, top) for top in s.top_logprobs]
+    for r in results:
+        tokens.append(token_text(state, r.token))
+        lps.append(r.logprob)
+        tops.append(top_dict(state, r.top_logprobs))
+    offsets = []
+    for t in tokens:
+        offsets.append(offset)
+        offset += len(t)
+    return CompletionLogprobs(tokens=tokens, token_logprobs=lps, top_logprobs=tops, text_offset=offsets)
+
+
+def chat_logprobs(state: AppState, results: list[GenerationResult]) -> list[TokenLogprob]:
+    def top(t: int, lp: float) -> TopLogprob:
+        text = token_text(state, t)
+        return TopLogprob(token=text, logprob=lp, bytes=list(text.encode("utf-8")))
+
+    return [TokenLogprob(**top(r.token, r.logprob).model_dump(), top_logprobs=[top(t, lp) for t, lp in r.top_logprobs])
+            for r in results]
+
+
+async def collect(run: EngineRun, request: Request) -> list[GenerationResult]:
+    """Wait for a non-streamed run, cancelling it if the client disconnects meanwhile."""
+    watcher = asyncio.create_task(watch_disconnect(request, run))
+    results = []
+    try:
+        async for event in run.events():
+            if isinstance(event, Token) and event.result.token is not None:
+                results.append(event.result)
+    finally:
+        watcher.cancel()
+    run.raise_if_failed()
+    return results
+
+
+async def drive_stream(
+    run: EngineRun,
+    keepalive: float,
+    on_token: Callable[[GenerationResult], list[dict]],
+    on_scores: Callable[[Scores], list[dict]],
+    finish: Callable[[], list[dict]],
+    prelude: list[dict] = (),
+) -> AsyncIterator[str]:
+    """SSE body: `prelude` chunks, keep-alive / prefill-progress comments, chunks per token, the closing
+    chunks from `finish()`, then [DONE]. An engine error after the 200 went out becomes
+    `data: {"error": ...}`."""
+    for chunk in prelude:
+        yield sse(chunk)
+    async for event in run.events(keepalive):
+        if event is None:
+            yield comment("keep-alive")
+        elif isinstance(event, Progress):
+            yield comment(f"prefill {event.done}/{event.total}")
+        elif isinstance(event, Scores):
+            for chunk in on_scores(event):
+                yield sse(chunk)
+        elif isinstance(event, Token) and event.result.token is not None:
+            for chunk in on_token(event.result):
+                yield sse(chunk)
+    try:
+        run.raise_if_failed()
+    except ApiError as err:
+        yield sse_error(err)
+        return
+    for chunk in finish():
+        yield sse(chunk)
+    yield DONE

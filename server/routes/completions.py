@@ -1,0 +1,102 @@
+"""POST /v1/completions: text completion, prompt scoring (echo + logprobs), streaming."""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import StreamingResponse
+
+from server.deps import check_model, get_state, received, request_id, require_api_key
+from server.errors import ERROR_RESPONSES, invalid
+from server.prompts import check_common, completion_prompts, resolve_max_tokens
+from server.responses import collect, completion_logprobs, drive_stream, usage
+from server.schemas import CompletionChoice, CompletionRequest, CompletionResponse
+from server.service import AppState, EngineRun, new_id
+from server.streaming import SSE_HEADERS
+
+router = APIRouter(tags=["completions"], dependencies=[Depends(require_api_key)], responses=ERROR_RESPONSES)
+
+
+@router.post("/v1/completions", response_model=CompletionResponse, response_model_exclude_none=False)
+async def create_completion(body: CompletionRequest, request: Request):
+    state = get_state(request)
+    _check(state, body)
+    prompts = await completion_prompts(state, body.prompt)
+    if body.stream and len(prompts) > 1:
+        raise invalid("Streaming supports a single prompt; send a list of prompts without stream.", param="stream")
+    response_id = new_id("cmpl")
+    runs = [_run(state, body, request, p, response_id if i == 0 else f"{response_id}-{i}")
+            for i, p in enumerate(prompts)]
+    if body.stream:
+        return StreamingResponse(_stream(state, body, runs[0].submit()), media_type="text/event-stream",
+                                 headers=SSE_HEADERS)
+    choices = [await _choice(state, body, run.submit(), request, i) for i, run in enumerate(runs)]
+    n_prompt, n_gen = sum(len(r.prompt) for r in runs), sum(r.last.generation_tokens if r.last else 0 for r in runs)
+    return CompletionResponse(id=response_id, created=int(time.time()), model=state.settings.model_id,
+                              choices=choices, usage=usage(n_prompt, n_gen), timings=runs[0].timings())
+
+
+def _check(state: AppState, body: CompletionRequest) -> None:
+    state.require_ready()
+    check_model(state, body.model)
+    check_common(state, body)
+    if body.best_of not in (None, 1):
+        raise invalid("Only best_of=1 is supported.", param="best_of")
+    if body.suffix:
+        raise invalid("suffix is not supported.", param="suffix")
+    if body.echo and body.max_tokens == 0 and body.logprobs is None:
+        raise invalid("echo with max_tokens=0 scores the prompt: set logprobs (0-20).", param="logprobs")
+
+
+def _run(state: AppState, body: CompletionRequest, request: Request, prompt: list[int], rid: str) -> EngineRun:
+    max_tokens = resolve_max_tokens(state, len(prompt), body.max_tokens)
+    score = body.logprobs if body.echo and body.logprobs is not None else None
+    return EngineRun(state, endpoint="/v1/completions", response_id=rid, request_id=request_id(request),
+                     received=received(request), prompt=prompt,
+                     params=body.to_sampling_params(max_tokens, body.logprobs), score_top_k=score)
+
+
+async def _choice(state: AppState, body: CompletionRequest, run: EngineRun, request: Request,
+                  index: int) -> CompletionChoice:
+    results = await collect(run, request)
+    prefix = _decode(state, run.prompt) if body.echo else ""
+    logprobs = None
+    if body.logprobs is not None:
+        echo_prompt = run.prompt if body.echo else None
+        logprobs = completion_logprobs(state, echo_prompt, run.scores, results)
+    text = prefix + "".join(r.text for r in results)
+    return CompletionChoice(index=index, text=text, logprobs=logprobs, finish_reason=run.finish_reason)
+
+
+def _decode(state: AppState, ids: list[int]) -> str:
+    with state.tokenizer_lock:
+        return state.tokenizer.decode(ids)
+
+
+def _stream(state: AppState, body: CompletionRequest, run: EngineRun):
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    base = {"id": run.response_id, "object": "text_completion", "created": int(time.time()),
+            "model": state.settings.model_id}
+
+    def chunk(text: str, logprobs=None, finish_reason=None) -> dict:
+        c = {**base, "choices": [{"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}]}
+        return {**c, "usage": None} if include_usage else c
+
+    def on_scores(scores) -> list[dict]:
+        lp = completion_logprobs(state, run.prompt, scores, []).model_dump() if body.logprobs is not None else None
+        return [chunk(_decode(state, run.prompt), lp)]
+
+    def on_token(r) -> list[dict]:
+        lp = completion_logprobs(state, None, None, [r]).model_dump() if body.logprobs is not None else None
+        return [chunk(r.text, lp)] if r.text or lp else []
+
+    def finish() -> list[dict]:
+        last = {**chunk("", finish_reason=run.finish_reason), "timings": run.timings().model_dump()}
+        n_gen = run.last.generation_tokens if run.last else 0
+        extra = [{**base, "choices": [], "usage": usage(len(run.prompt), n_gen).model_dump()}] if include_usage else []
+        return [last, *extra]
+
+    # echo without logprobs has no scoring pass to carry the prompt text: send it first
+    prelude = [chunk(_decode(state, run.prompt))] if body.echo and run.job.score_top_k is None else []
+    return drive_stream(run, state.settings.keepalive_seconds, on_token, on_scores, finish, prelude)

@@ -1,0 +1,105 @@
+"""The official `openai` package, unmodified, against a real server."""
+
+from __future__ import annotations
+
+import math
+
+import openai
+import pytest
+
+
+def client(server, **kw) -> openai.OpenAI:
+    return openai.OpenAI(base_url=server.url + "/v1", api_key=kw.pop("api_key", "unused"), max_retries=0, **kw)
+
+
+def test_completion_with_logprobs(server):
+    r = client(server).completions.create(model="demo", prompt="Hello", max_tokens=6, temperature=0, logprobs=3,
+                                          extra_body={"ignore_eos": True})
+    choice = r.choices[0]
+    assert r.object == "text_completion" and r.id.startswith("cmpl-")
+    assert r.usage.completion_tokens == 6 and r.usage.prompt_tokens == 5
+    assert len(choice.logprobs.tokens) == 6 and choice.finish_reason == "length"
+    for lp, top in zip(choice.logprobs.token_logprobs, choice.logprobs.top_logprobs, strict=True):
+        assert lp <= 0 and len(top) <= 3 and max(top.values()) >= lp - 1e-6  # greedy: chosen is the top token
+    assert "".join(choice.logprobs.tokens) == choice.text
+
+
+def test_echo_scores_the_prompt_like_the_classic_api(server):
+    ids = [72, 101, 108, 108, 111, 33]
+    r = client(server).completions.create(model="demo", prompt=ids, max_tokens=0, echo=True, logprobs=1)
+    lp = r.choices[0].logprobs
+    assert r.choices[0].text == "Hello!" and lp.token_logprobs[0] is None and lp.top_logprobs[0] is None
+    assert len(lp.token_logprobs) == 6 and all(x <= 0 for x in lp.token_logprobs[1:])
+    assert sum(math.exp(v) for v in lp.top_logprobs[1].values()) <= 1.0
+
+
+def test_chat_completion_and_logprobs(server):
+    r = client(server).chat.completions.create(
+        model="demo", messages=[{"role": "user", "content": "Hi"}], max_completion_tokens=5, temperature=0,
+        logprobs=True, top_logprobs=2, extra_body={"ignore_eos": True},
+    )
+    msg = r.choices[0].message
+    assert r.object == "chat.completion" and msg.role == "assistant" and isinstance(msg.content, str)
+    assert len(r.choices[0].logprobs.content) == 5
+    assert all(len(t.top_logprobs) == 2 for t in r.choices[0].logprobs.content)
+    assert r.usage.total_tokens == r.usage.prompt_tokens + 5
+
+
+def test_streaming_chat_with_usage(server):
+    stream = client(server).chat.completions.create(
+        model="demo", messages=[{"role": "user", "content": "Hi"}], max_tokens=7, stream=True, seed=3,
+        stream_options={"include_usage": True}, extra_body={"ignore_eos": True},
+    )
+    chunks = list(stream)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 7
+    assert chunks[-2].choices[0].finish_reason == "length"
+    assert all(c.usage is None for c in chunks[:-1])
+    text = "".join(c.choices[0].delta.content or "" for c in chunks[:-1])
+    solo = client(server).chat.completions.create(model="demo", messages=[{"role": "user", "content": "Hi"}],
+                                                  max_tokens=7, seed=3, extra_body={"ignore_eos": True})
+    assert text == solo.choices[0].message.content
+
+
+def test_streaming_completion_text_equals_non_streamed(server):
+    kw = dict(model="demo", prompt="abc", max_tokens=9, seed=11, extra_body={"ignore_eos": True})
+    streamed = "".join(c.choices[0].text for c in client(server).completions.create(stream=True, **kw) if c.choices)
+    assert streamed == client(server).completions.create(**kw).choices[0].text
+
+
+@pytest.mark.parametrize(
+    "call, error",
+    [
+        (lambda c: c.completions.create(model="demo", prompt="x", temperature=5), openai.BadRequestError),
+        (lambda c: c.completions.create(model="gpt-4o", prompt="x"), openai.NotFoundError),
+        (lambda c: c.chat.completions.create(model="demo", messages=[]), openai.BadRequestError),
+        (lambda c: c.completions.create(model="demo", prompt="x", n=2), openai.BadRequestError),
+    ],
+    ids=["bad-temperature", "unknown-model", "empty-messages", "n2"],
+)
+def test_client_errors_raise_the_right_exception(server, call, error):
+    with pytest.raises(error) as exc:
+        call(client(server))
+    assert exc.value.body["message"] and exc.value.body["type"]
+
+
+def test_missing_or_wrong_key_is_401(auth_server):
+    for key in ("wrong", ""):
+        with pytest.raises(openai.AuthenticationError):
+            client(auth_server, api_key=key or "x").models.list()
+    assert client(auth_server, api_key="sk-test-key").models.list().data[0].id == "demo"
+
+
+def test_thinking_goes_to_reasoning_content(server):
+    """With enable_thinking the template opens <think>; banning </think> (logit_bias) keeps all text there."""
+    kw = dict(model="demo", messages=[{"role": "user", "content": "Hi"}], max_tokens=6, temperature=0)
+    think = {"chat_template_kwargs": {"enable_thinking": True}, "logit_bias": {"260": -100}, "ignore_eos": True}
+    r = client(server).chat.completions.create(extra_body=think, **kw)
+    msg = r.choices[0].message
+    assert msg.content == "" and msg.model_extra["reasoning_content"]
+    assert r.usage.completion_tokens_details.reasoning_tokens == 6
+    stream = client(server).chat.completions.create(stream=True, extra_body=think, **kw)
+    streamed = "".join(c.choices[0].delta.model_extra.get("reasoning_content") or "" for c in stream if c.choices)
+    assert streamed == msg.model_extra["reasoning_content"]
+    plain = client(server).chat.completions.create(extra_body={"logit_bias": {"259": -100}}, **kw)
+    assert plain.choices[0].message.model_extra.get("reasoning_content") is None

@@ -1,0 +1,62 @@
+"""Server pieces that need no running server: reasoning split, timing store, settings."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from server.schemas import TimingRecord, Timings
+from server.settings import Settings
+from server.streaming import ReasoningSplitter
+from server.timing_store import TimingStore
+
+
+def _feed_all(splitter: ReasoningSplitter, pieces: list[str]) -> tuple[str, str]:
+    r, c = zip(*(splitter.feed(p) for p in pieces), strict=True)
+    fr, fc = splitter.flush()
+    return "".join(r) + fr, "".join(c) + fc
+
+
+@pytest.mark.parametrize(
+    "in_reasoning, text, reasoning, content",
+    [
+        (True, "let me think</think>\n\nThe answer.", "let me think", "The answer."),
+        (False, "<think>hmm</think>ok", "hmm", "ok"),
+        (False, "plain answer", "", "plain answer"),
+        (False, "<thin", "", "<thin"),  # an unfinished tag at the end is content
+        (True, "never closed", "never closed", ""),
+        (False, "a </think> b", "", "a </think> b"),  # no open tag: nothing to close
+    ],
+)
+def test_reasoning_split_at_every_piece_boundary(in_reasoning, text, reasoning, content):
+    for size in (1, 2, 3, 7, len(text)):
+        pieces = [text[i : i + size] for i in range(0, len(text), size)]
+        assert _feed_all(ReasoningSplitter(in_reasoning), pieces) == (reasoning, content), size
+
+
+def _record(i: int) -> TimingRecord:
+    t = Timings(prompt_n=1, prompt_ms=1, prompt_per_token_ms=1, prompt_per_second=1, predicted_n=0, predicted_ms=0,
+                predicted_per_token_ms=0, predicted_per_second=0, queue_ms=0, ttft_ms=None, total_ms=1,
+                prefill_path="serial", chunk_size=None, backend="cpu")
+    return TimingRecord(id=f"cmpl-{i}", request_id=f"rid-{i}", endpoint="/v1/completions", model="demo", created=0,
+                        finish_reason="stop", prompt_tokens=1, completion_tokens=0, timings=t, phases_ms={})
+
+
+def test_timing_store_is_bounded_and_remembers_evictions():
+    store = TimingStore(2)
+    for i in range(3):
+        store.add(_record(i))
+    assert store.get("cmpl-0") is None and store.was_evicted("cmpl-0") and store.was_evicted("rid-0")
+    assert store.get("rid-2").id == "cmpl-2" and [r.id for r in store.recent(5)] == ["cmpl-2", "cmpl-1"]
+    assert not store.was_evicted("never-seen")
+
+
+@pytest.mark.parametrize("field, value", [("chunk_size", 48), ("port", -1), ("dtype", "int8"), ("max_queue", 0)])
+def test_bad_settings_fail_at_start_up(field, value):
+    with pytest.raises(ValidationError):
+        Settings(**{field: value})
+
+
+def test_settings_defaults_are_safe():
+    s = Settings()
+    assert s.host == "127.0.0.1" and s.api_key is None and s.prefill_options().method == "serial"
