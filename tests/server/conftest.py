@@ -84,7 +84,8 @@ def chunked_server(tmp_path_factory, demo_dir) -> Iterator[Server]:
 
 @pytest.fixture(scope="package")
 def auth_server(tmp_path_factory, demo_dir) -> Iterator[Server]:
-    yield from _server(tmp_path_factory, "auth", env={"DELTASERVE_API_KEY": "sk-test-key"})
+    yield from _server(tmp_path_factory, "auth", "--cors-origin", "http://example.test",
+                       env={"DELTASERVE_API_KEY": "sk-test-key"})
 
 
 @pytest.fixture(scope="package")

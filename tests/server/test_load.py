@@ -70,13 +70,18 @@ def test_disconnect_mid_stream_cancels_and_keeps_the_record(server):
 
 
 def test_disconnect_mid_prefill_stops_within_a_step(server):
-    """A 6000-token prompt in 64-token prefill steps: the stream shows progress comments, then we leave."""
+    """A 6000-token prompt in 64-token prefill steps: the stream shows progress comments, /health and
+    /metrics answer meanwhile, then we leave."""
     prompt = [65 + (i % 26) for i in range(6000)]
     with _long_stream(server, max_tokens=4, prompt=prompt) as r:
         rid = r.headers["x-request-id"]
         for line in r.iter_lines():
             if line.startswith(": prefill"):
                 break
+        for route in ("/health", "/metrics"):
+            t0 = time.time()
+            assert httpx.get(server.url + route, timeout=2).status_code == 200
+            assert time.time() - t0 < 0.5, f"{route} slow during prefill"
     t0 = time.time()
     assert _wait_until(lambda: server.metric("deltaserve:num_requests_running") == 0)
     assert time.time() - t0 < 5

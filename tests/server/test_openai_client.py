@@ -103,3 +103,29 @@ def test_thinking_goes_to_reasoning_content(server):
     assert streamed == msg.model_extra["reasoning_content"]
     plain = client(server).chat.completions.create(extra_body={"logit_bias": {"259": -100}}, **kw)
     assert plain.choices[0].message.model_extra.get("reasoning_content") is None
+
+
+def test_cors_and_open_health_with_a_key(auth_server):
+    import httpx
+
+    pre = httpx.options(auth_server.url + "/v1/models", headers={
+        "Origin": "http://example.test", "Access-Control-Request-Method": "GET",
+        "Access-Control-Request-Headers": "authorization"})
+    assert pre.headers["access-control-allow-origin"] == "http://example.test"
+    assert httpx.get(auth_server.url + "/health").status_code == 200
+    assert httpx.get(auth_server.url + "/v1/models").status_code == 401
+
+
+def test_responses_match_the_documented_schemas(server):
+    import httpx
+
+    from server.schemas import ChatCompletionResponse, CompletionResponse, ModelCard, TimingRecord
+
+    c = httpx.post(server.url + "/v1/completions", json={"model": "demo", "prompt": "a", "max_tokens": 2}).json()
+    CompletionResponse.model_validate(c)
+    TimingRecord.model_validate(httpx.get(f"{server.url}/v1/timings/{c['id']}").json())
+    chat = httpx.post(server.url + "/v1/chat/completions",
+                      json={"model": "demo", "messages": [{"role": "user", "content": "a"}], "max_tokens": 2})
+    ChatCompletionResponse.model_validate(chat.json())
+    ModelCard.model_validate(httpx.get(server.url + "/v1/models/demo").json())
+    assert httpx.get(server.url + "/v1/models/other").status_code == 404
