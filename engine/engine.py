@@ -26,6 +26,7 @@ from engine.loading import load_model, resolve_model_path
 from engine.model import Model
 from engine.sampling import SamplingParams
 from engine.tokenizer import Tokenizer
+from kernels import implementation
 
 log = logging.getLogger("deltaserve")
 
@@ -79,7 +80,7 @@ class Engine:
                 if i.prefill.method == "chunked"
                 else ""
             )
-            + f", prefill step {i.prefill.step_size} tokens, backend {i.backend}",
+            + f", prefill step {i.prefill.step_size} tokens, backend {i.backend}, GDN core on {implementation()}",
         ]
         if i.is_demo:
             lines.append("this is a demo model with RANDOM weights: its text is meaningless")

@@ -1,0 +1,53 @@
+"""A small run of every GDN kernel, for `compute-sanitizer --tool racecheck|memcheck` on an NVIDIA GPU.
+
+Exits non-zero when the kernels disagree with the MLX-ops path, so a sanitizer run also checks results.
+Usage: compute-sanitizer --tool racecheck python bench/gdn_sanitize.py
+"""
+
+from __future__ import annotations
+
+import sys
+
+import mlx.core as mx
+import numpy as np
+
+from kernels import gpu
+from kernels.chunked import gated_delta_chunked
+from kernels.serial import gated_delta_serial
+
+
+def main() -> int:
+    backend = gpu.gpu_backend()
+    if backend is None:
+        print("no GPU backend", file=sys.stderr)
+        return 2
+    rng = np.random.default_rng(0)
+    B, T, Hk, Hv, Dk, Dv = 1, 70, 2, 4, 64, 32  # ragged last chunk, grouped heads, Dk != Dv
+    q = rng.normal(size=(B, T, Hk, Dk)).astype(np.float32)
+    k = rng.normal(size=(B, T, Hk, Dk)).astype(np.float32)
+    q /= np.linalg.norm(q, axis=-1, keepdims=True) * np.sqrt(Dk)
+    k /= np.linalg.norm(k, axis=-1, keepdims=True)
+    v = rng.normal(size=(B, T, Hv, Dv)).astype(np.float32)
+    g = -rng.uniform(0, 3, size=(B, T, Hv)).astype(np.float32)
+    beta = rng.uniform(0, 1, size=(B, T, Hv)).astype(np.float32)
+    s0 = rng.normal(size=(B, Hv, Dv, Dk)).astype(np.float32)
+    args = [mx.array(x) for x in (q, k, v, g, beta, s0)]
+    worst = 0.0
+    for C in (16, 32, 64):
+        out, state = gpu.chunked(*args, chunk_size=C, backend=backend)
+        ref_out, ref_state = gated_delta_chunked(*args, chunk_size=C)  # ops path, GPU substitution inverse
+        worst = max(worst, _err(out, ref_out), _err(state, ref_state))
+    out, state = gpu.serial(*args, backend=backend)
+    ref_out, ref_state = gated_delta_serial(*args)
+    worst = max(worst, _err(out, ref_out), _err(state, ref_state))
+    print(f"max relative error vs MLX ops: {worst:.2e}")
+    return 0 if worst < 1e-4 else 1
+
+
+def _err(a: mx.array, b: mx.array) -> float:
+    a, b = np.array(a), np.array(b)
+    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

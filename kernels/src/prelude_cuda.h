@@ -1,0 +1,10 @@
+// CUDA prelude: prepended to every kernel body.
+#define DS_TID ((int)threadIdx.x)
+#define DS_BID_X ((int)blockIdx.x)
+#define DS_BID_Y ((int)blockIdx.y)
+#define DS_LANE ((int)(threadIdx.x & 31))
+#define DS_SYNC() __syncthreads()
+#define DS_SHARED __shared__
+#define DS_WARP_SUM(x) ds_warp_sum(x)
+#define DS_EXP(x) expf(x)
+#define DS_MAX(a, b) fmaxf(a, b)

@@ -1,0 +1,10 @@
+// Metal prelude: prepended to every kernel body (MLX injects the thread attributes named here).
+#define DS_TID ((int)thread_position_in_threadgroup.x)
+#define DS_BID_X ((int)threadgroup_position_in_grid.x)
+#define DS_BID_Y ((int)threadgroup_position_in_grid.y)
+#define DS_LANE ((int)thread_index_in_simdgroup)
+#define DS_SYNC() threadgroup_barrier(mem_flags::mem_threadgroup)
+#define DS_SHARED threadgroup
+#define DS_WARP_SUM(x) simd_sum(x)
+#define DS_EXP(x) metal::exp(x)
+#define DS_MAX(a, b) metal::max(a, b)
