@@ -64,13 +64,12 @@ def test_chunked_matches_serial(case):
     out, state = _chunked(args, C)
     ref_out, ref_state = gated_delta(*args, method="serial")
     assert out.dtype == args[2].dtype and state.dtype == mx.float32
-    rel = REL if kw.get("dtype", mx.float32) == mx.float32 else 1e-2  # bf16 output rounding
-    if C == 128 and gpu.gpu_backend():
-        # outside the gated sizes (16/32/64): GPU kernels stop at 64, the ops fallback measured 3e-5 on an H200
-        rel = 1e-4
+    # outside the gated sizes (16/32/64): GPU kernels stop at 64, the ops fallback measured 3e-5 on an H200
+    state_rel = 1e-4 if C == 128 and gpu.gpu_backend() else REL
+    rel = max(state_rel, REL if kw.get("dtype", mx.float32) == mx.float32 else 1e-2)  # bf16 output rounding
     assert_close_to_scale(f"out (seed {seed})", np.array(out.astype(mx.float32)),
                           np.array(ref_out.astype(mx.float32)), rel=rel)
-    assert_close_to_scale(f"state (seed {seed})", np.array(state), np.array(ref_state), rel=rel)
+    assert_close_to_scale(f"state (seed {seed})", np.array(state), np.array(ref_state), rel=state_rel)
 
 
 def test_chunked_is_bitwise_deterministic():
