@@ -6,7 +6,10 @@ Usage: compute-sanitizer --tool racecheck python bench/gdn_sanitize.py
 
 from __future__ import annotations
 
+import os
 import sys
+
+os.environ.setdefault("MLX_ENABLE_TF32", "0")  # the ops reference must not run its matmuls in TF32
 
 import mlx.core as mx
 import numpy as np

@@ -101,23 +101,22 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _add_serve_parser(sub) -> None:
-    from server.settings import Settings
-
-    d = Settings.model_fields
+    """Flags map 1:1 onto server.settings.Settings fields; unset flags (None) take the Settings defaults."""
     s = sub.add_parser("serve", help="serve the model over an OpenAI-compatible HTTP API")
     _add_model_args(s)
-    s.add_argument("--host", default=d["host"].default, help="bind address (default loopback only)")
-    s.add_argument("--port", type=int, default=d["port"].default)
-    s.add_argument("--served-model-name", default=None, help="model id clients send (default: --model)")
-    s.add_argument("--max-queue", type=int, default=d["max_queue"].default, help="waiting requests before 503")
-    s.add_argument("--max-tokens-default", type=int, default=d["max_tokens_default"].default)
-    s.add_argument("--context-length", type=int, default=None, help="prompt + max_tokens limit (default: model's)")
+    s.add_argument("--host", help="bind address (default 127.0.0.1: loopback only)")
+    s.add_argument("--port", type=int, help="default 8000")
+    s.add_argument("--served-model-name", help="model id clients send (default: --model)")
+    s.add_argument("--max-queue", type=int, help="waiting requests before 503 (default 64)")
+    s.add_argument("--max-tokens-default", type=int, help="max_tokens when a request gives none (default 512)")
+    s.add_argument("--context-length", type=int, help="prompt + max_tokens limit (default: the model's)")
     s.add_argument("--api-key", default=os.environ.get("DELTASERVE_API_KEY"), help="or env DELTASERVE_API_KEY")
-    s.add_argument("--cors-origin", action="append", default=[], help="allowed CORS origin (repeatable)")
-    s.add_argument("--timing-store-size", type=int, default=d["timing_store_size"].default)
-    s.add_argument("--max-body-bytes", type=int, default=d["max_body_bytes"].default)
-    s.add_argument("--keepalive-seconds", type=float, default=d["keepalive_seconds"].default)
-    s.add_argument("--no-warm-up", dest="warm_up", action="store_false", help="skip compiling kernels at start")
+    s.add_argument("--cors-origin", action="append", help="allowed CORS origin (repeatable)")
+    s.add_argument("--timing-store-size", type=int, help="timing records kept (default 1000)")
+    s.add_argument("--max-body-bytes", type=int, help="request body cap (default 8 MiB)")
+    s.add_argument("--keepalive-seconds", type=float, help="SSE keep-alive interval (default 2)")
+    s.add_argument("--no-warm-up", dest="warm_up", action="store_false", default=None,
+                   help="skip compiling kernels at start")
     s.set_defaults(func=cmd_serve)
 
 
@@ -130,10 +129,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from server.app import create_app
     from server.settings import Settings
 
-    fields = {k: v for k, v in vars(args).items() if k in Settings.model_fields}
+    fields = {k: v for k, v in vars(args).items() if k in Settings.model_fields and v is not None}
     try:
-        settings = Settings(**{**fields, "model": args.model, "prefill_step": args.prefill_step,
-                               "gdn_min_tokens": args.gdn_min_tokens})
+        settings = Settings(**fields)
     except ValidationError as e:
         print(f"deltaserve: error: invalid setting: {e.errors()[0]['loc'][0]}: {e.errors()[0]['msg']}",
               file=sys.stderr)
