@@ -91,11 +91,12 @@ def core_runner(heads: int, head_dim: int, dtype: mx.Dtype, chunk_size: int) -> 
     return run
 
 
-def e2e_runner(model: Model, options: PrefillOptions) -> Callable:
-    """run(T, method) -> (seconds, last logits) for whole-model prefill from an empty cache."""
+def e2e_runner(model: Model, options: PrefillOptions, n_tokens: int) -> Callable:
+    """run(T, method) -> (seconds, last logits) for whole-model prefill from an empty cache; prompts are
+    random ids below `n_tokens` (the tokenizer's size: padded ids are not real tokens)."""
 
     def run(T: int, method: str) -> tuple[float, mx.array]:
-        ids = mx.array(np.random.default_rng(T).integers(0, model.args.vocab_size, (1, T)))
+        ids = mx.array(np.random.default_rng(T).integers(0, n_tokens, (1, T)))
         opts = PrefillOptions(method, options.chunk_size, options.step_size, options.min_chunked_tokens)
         cache = model.make_cache()
         mx.eval(ids)

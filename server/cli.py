@@ -212,7 +212,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from engine.engine import Engine
 
         engine = Engine.load(args.model, args.dtype, options)
-        run, dtype = bench.e2e_runner(engine.model, options), backend.resolve_dtype(engine.info.dtype)
+        run = bench.e2e_runner(engine.model, options, engine.tokenizer.vocab_size)
+        dtype = backend.resolve_dtype(engine.info.dtype)
         what = f"end-to-end prefill of {args.model} (step {options.step_size})"
     header = [
         f"deltaserve bench: {what}; dtype {backend.dtype_name(dtype)}, chunk size {args.chunk_size}",
