@@ -15,12 +15,15 @@ from importlib import resources
 import mlx.core as mx
 
 PREP_THREADS = 256
-STATE_THREADS = 256
-STATE_TILE = 16  # DV columns of the state per threadgroup in the sequential pass
-GPU_CHUNK_SIZES = (16, 32, 64)  # T0 (C x C fp32) must fit threadgroup memory next to the rest
+STATE_THREADS = 128
+OUT_THREADS = 128
+STATE_TILE = 16  # DV columns per threadgroup in the state and output kernels
+SLICE = {"cuda": 32, "metal": 16}  # operand columns staged per step in phase A (Metal: 32 KB threadgroup memory)
+GPU_CHUNK_SIZES = (16, 32, 64)  # T (C x C fp32) must fit threadgroup memory next to the operand slices
 BODIES = {
-    "chunk_prep": (("q", "k", "v", "g", "beta", "t_len"), ("w", "u", "p", "gc")),
-    "chunk_state": (("q", "k", "w", "u", "p", "gc", "state_in", "t_len"), ("out", "state_out")),
+    "chunk_prep": (("q", "k", "v", "g", "beta", "t_len"), ("w", "u", "kt", "p", "gc")),
+    "chunk_state": (("w", "kt", "u", "gc", "state_in", "t_len"), ("hs", "r", "state_out")),
+    "chunk_out": (("q", "hs", "r", "p", "gc", "t_len"), ("out",)),
     "serial": (("q", "k", "v", "g", "beta", "state_in", "t_len"), ("out", "state_out")),
 }
 
@@ -66,29 +69,38 @@ def _sizes(q: mx.array, v: mx.array) -> list[tuple[str, int]]:
 
 
 def chunked(q, k, v, g, beta, state, *, chunk_size: int, backend: str, verbose: bool = False):
-    """Phase A over (chunk, head) in parallel, then phase B over (DV tile, head), sequential over chunks."""
+    """Phase A over (chunk, head) in parallel; phase B over (head, DV tile), sequential over chunks, keeping
+    the state on chip; then every chunk's outputs in parallel from the chunk-start states."""
     B, T, Hk, Dk = q.shape
     Hv, Dv = v.shape[2:]
-    C, N = chunk_size, -(-T // chunk_size)
+    C, N, BH = chunk_size, -(-T // chunk_size), B * Hv
     t_len = mx.array([T], dtype=mx.int32)
-    g, beta, state = g.astype(mx.float32), beta.astype(mx.float32), state.astype(mx.float32)
     sizes = _sizes(q, v)
-    w, u, p, gc = kernel(backend, "chunk_prep")(
-        inputs=[q, k, v, g, beta, t_len],
-        output_shapes=[(B * Hv, N, C, Dk), (B * Hv, N, C, Dv), (B * Hv, N, C, C), (B * Hv, N, C)],
-        output_dtypes=[mx.float32] * 4,
-        grid=(N * PREP_THREADS, B * Hv, 1),
+    w, u, kt, p, gc = kernel(backend, "chunk_prep")(
+        inputs=[q, k, v, g.astype(mx.float32), beta.astype(mx.float32), t_len],
+        output_shapes=[(BH, N, C, Dk), (BH, N, C, Dv), (BH, N, C, Dk), (BH, N, C, C), (BH, N, C)],
+        output_dtypes=[mx.float32] * 5,
+        grid=(N * PREP_THREADS, BH, 1),
         threadgroup=(PREP_THREADS, 1, 1),
-        template=[("C", C), *sizes, ("NT", PREP_THREADS)],
+        template=[("C", C), *sizes, ("KS", SLICE[backend]), ("NT", PREP_THREADS)],
         verbose=verbose,
     )
-    out, new_state = kernel(backend, "chunk_state")(
-        inputs=[q, k, w, u, p, gc, state, t_len],
-        output_shapes=[v.shape, (B, Hv, Dv, Dk)],
-        output_dtypes=[v.dtype, mx.float32],
-        grid=(Dv // STATE_TILE * STATE_THREADS, B * Hv, 1),
+    hs, r, new_state = kernel(backend, "chunk_state")(
+        inputs=[w, kt, u, gc, state.astype(mx.float32), t_len],
+        output_shapes=[(BH, N, Dk, Dv), (BH, N, C, Dv), (B, Hv, Dv, Dk)],
+        output_dtypes=[mx.float32] * 3,
+        grid=(Dv // STATE_TILE * STATE_THREADS, BH, 1),
         threadgroup=(STATE_THREADS, 1, 1),
-        template=[("OutT", v.dtype), ("C", C), *sizes, ("TV", STATE_TILE), ("NT", STATE_THREADS)],
+        template=[("C", C), ("DK", Dk), ("DV", Dv), ("HV", Hv), ("TV", STATE_TILE), ("NT", STATE_THREADS)],
+        verbose=verbose,
+    )
+    (out,) = kernel(backend, "chunk_out")(
+        inputs=[q, hs, r, p, gc, t_len],
+        output_shapes=[v.shape],
+        output_dtypes=[v.dtype],
+        grid=(N * OUT_THREADS, Dv // STATE_TILE, BH),
+        threadgroup=(OUT_THREADS, 1, 1),
+        template=[("OutT", v.dtype), ("C", C), *sizes, ("TV", STATE_TILE), ("NT", OUT_THREADS)],
         verbose=verbose,
     )
     return out, new_state

@@ -2,6 +2,7 @@
 #define DS_TID ((int)threadIdx.x)
 #define DS_BID_X ((int)blockIdx.x)
 #define DS_BID_Y ((int)blockIdx.y)
+#define DS_BID_Z ((int)blockIdx.z)
 #define DS_LANE ((int)(threadIdx.x & 31))
 #define DS_SYNC() __syncthreads()
 #define DS_SHARED __shared__

@@ -2,6 +2,7 @@
 #define DS_TID ((int)thread_position_in_threadgroup.x)
 #define DS_BID_X ((int)threadgroup_position_in_grid.x)
 #define DS_BID_Y ((int)threadgroup_position_in_grid.y)
+#define DS_BID_Z ((int)threadgroup_position_in_grid.z)
 #define DS_LANE ((int)thread_index_in_simdgroup)
 #define DS_SYNC() threadgroup_barrier(mem_flags::mem_threadgroup)
 #define DS_SHARED threadgroup

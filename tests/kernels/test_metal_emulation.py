@@ -17,14 +17,18 @@ from tests.kernels.inputs import make_gdn_inputs
 from tests.numerics import assert_close_to_scale
 
 pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="g++ is not installed")
-SHAPE = dict(B=1, T=40, Hk=1, Hv=2, Dk=64, Dv=48, seed=7)  # Hk != Hv, Dk != Dv, a ragged last chunk
-C = 16
+SHAPE = dict(B=1, T=150, Hk=1, Hv=2, Dk=64, Dv=48, seed=7)  # Hk != Hv, Dk != Dv, a ragged last chunk
 REL = 1e-5
 
 
+@pytest.fixture(scope="module", params=[16, 64], ids=lambda c: f"C{c}")
+def chunk(request):
+    return request.param  # 64 exercises both merge levels of the blocked inverse
+
+
 @pytest.fixture(scope="module")
-def sources(tmp_path_factory):
-    return extract_metal_sources(SHAPE, C, tmp_path_factory.mktemp("trace"))
+def sources(tmp_path_factory, chunk):
+    return extract_metal_sources(SHAPE, chunk, tmp_path_factory.mktemp("trace"))
 
 
 @pytest.fixture(scope="module")
@@ -38,22 +42,25 @@ def _nan(*shape):
     return np.full(shape, np.nan, np.float32)  # unwritten outputs fail the comparison
 
 
-def run_chunked(sources, case, workdir, sanitize=False, state_source=None):
+def run_chunked(sources, case, workdir, C, sanitize=False, broken=None):
+    """Phase A, the sequential state pass and the outputs, as the GPU would run them (`broken` replaces
+    one kernel's source)."""
     _, bufs = case
     B, T, Hk, Dk = bufs["q"].shape
     Hv, Dv = bufs["v"].shape[2:]
-    N = -(-T // C)
-    prep = Emulator(sources["chunk_prep"], workdir, sanitize)
-    a = {**bufs, "w": _nan(B * Hv, N, C, Dk), "u": _nan(B * Hv, N, C, Dv), "p": _nan(B * Hv, N, C, C),
-         "gc": _nan(B * Hv, N, C)}
-    runs = [prep.run(a, (N, B * Hv, 1), gpu.PREP_THREADS)]
-    state = Emulator(state_source or sources["chunk_state"], workdir, sanitize)
-    b = {**a, "out": _nan(*bufs["v"].shape), "state_out": _nan(B, Hv, Dv, Dk)}
-    runs.append(state.run(b, (Dv // gpu.STATE_TILE, B * Hv, 1), gpu.STATE_THREADS))
-    return b["out"], b["state_out"], runs
+    N, BH = -(-T // C), B * Hv
+    src = {**sources, **(broken or {})}
+    a = {**bufs, "w": _nan(BH, N, C, Dk), "u": _nan(BH, N, C, Dv), "kt": _nan(BH, N, C, Dk),
+         "p": _nan(BH, N, C, C), "gc": _nan(BH, N, C), "hs": _nan(BH, N, Dk, Dv), "r": _nan(BH, N, C, Dv),
+         "out": _nan(*bufs["v"].shape), "state_out": _nan(B, Hv, Dv, Dk)}
+    plan = [("chunk_prep", (N, BH, 1), gpu.PREP_THREADS),
+            ("chunk_state", (Dv // gpu.STATE_TILE, BH, 1), gpu.STATE_THREADS),
+            ("chunk_out", (N, Dv // gpu.STATE_TILE, BH), gpu.OUT_THREADS)]
+    runs = [Emulator(src[name], workdir, sanitize).run(a, groups, threads) for name, groups, threads in plan]
+    return a["out"], a["state_out"], runs
 
 
-@pytest.mark.parametrize("kernel", ["chunk_prep", "chunk_state", "serial"])
+@pytest.mark.parametrize("kernel", ["chunk_prep", "chunk_state", "chunk_out", "serial"])
 def test_generated_msl_passes_a_syntax_check(sources, tmp_path, kernel):
     src = tmp_path / "check.cpp"
     src.write_text(f'#include "{HERE / "metal_shim.h"}"\n{sources[kernel]}\n')
@@ -62,9 +69,9 @@ def test_generated_msl_passes_a_syntax_check(sources, tmp_path, kernel):
     assert r.returncode == 0, r.stderr
 
 
-def test_emulated_chunked_kernels_match_the_oracle(sources, case, tmp_path):
+def test_emulated_chunked_kernels_match_the_oracle(sources, case, tmp_path, chunk):
     ref, _ = case
-    out, state, runs = run_chunked(sources, case, tmp_path)
+    out, state, runs = run_chunked(sources, case, tmp_path, chunk)
     assert all(r.returncode == 0 for r in runs), [r.stderr for r in runs]
     ref_out, ref_state = oracle.serial(*ref)
     assert_close_to_scale("out", out, ref_out, rel=REL)
@@ -84,16 +91,16 @@ def test_emulated_serial_kernel_matches_the_oracle(sources, case, tmp_path):
     assert_close_to_scale("state", b["state_out"], ref_state, rel=REL)
 
 
-def test_thread_sanitizer_is_silent_on_the_real_kernels(sources, case, tmp_path):
-    _, _, runs = run_chunked(sources, case, tmp_path, sanitize=True)
+def test_thread_sanitizer_is_silent_on_the_real_kernels(sources, case, tmp_path, chunk):
+    _, _, runs = run_chunked(sources, case, tmp_path, chunk, sanitize=True)
     for r in runs:
         assert r.returncode == 0 and "ThreadSanitizer" not in r.stderr, r.stderr[-3000:]
 
 
-def test_removing_one_barrier_is_caught(sources, case, tmp_path):
-    """Drop the barrier that publishes R before the outputs read it: ThreadSanitizer reports the race."""
-    marker = "DS_SYNC();  // R complete"
+def test_removing_one_barrier_is_caught(sources, case, tmp_path, chunk):
+    """Drop the barrier that publishes R before the state update reads it: ThreadSanitizer reports it."""
+    marker = "DS_SYNC();  // R is complete"
     assert sources["chunk_state"].count(marker) == 1
     broken = sources["chunk_state"].replace(marker, "// barrier removed by the test")
-    _, _, runs = run_chunked(sources, case, tmp_path, sanitize=True, state_source=broken)
+    _, _, runs = run_chunked(sources, case, tmp_path, chunk, sanitize=True, broken={"chunk_state": broken})
     assert "ThreadSanitizer: data race" in runs[1].stderr
