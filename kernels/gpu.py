@@ -16,9 +16,9 @@ import mlx.core as mx
 
 PREP_THREADS = 256
 STATE_THREADS = 128
-OUT_THREADS = 128
-STATE_TILE = 16  # DV columns per threadgroup in the state and output kernels
-SLICE = {"cuda": 32, "metal": 16}  # operand columns staged per step in phase A (Metal: 32 KB threadgroup memory)
+OUT_THREADS = 256
+STATE_TILE = 16  # DV columns per threadgroup in the sequential state pass
+SLICE = {"cuda": 32, "metal": 16}  # operand columns staged per step (Metal: 32 KB of threadgroup memory)
 GPU_CHUNK_SIZES = (16, 32, 64)  # T (C x C fp32) must fit threadgroup memory next to the operand slices
 BODIES = {
     "chunk_prep": (("q", "k", "v", "g", "beta", "t_len"), ("w", "u", "kt", "p", "gc")),
@@ -68,13 +68,28 @@ def _sizes(q: mx.array, v: mx.array) -> list[tuple[str, int]]:
     return [("DK", q.shape[-1]), ("DV", v.shape[-1]), ("HK", q.shape[2]), ("HV", v.shape[2])]
 
 
+@functools.cache
+def _length(T: int) -> mx.array:
+    """The prompt length as a 1-element int32 array, made once per length (no upload per call)."""
+    t = mx.array([T], dtype=mx.int32)
+    mx.eval(t)
+    return t
+
+
+def _slice(backend: str, C: int, Dk: int, Dv: int) -> int:
+    """Operand slice width: the backend's, unless the chunk or a head dim is not a multiple of it."""
+    ks = min(SLICE[backend], C)
+    return ks if Dk % ks == 0 and Dv % ks == 0 else 16
+
+
 def chunked(q, k, v, g, beta, state, *, chunk_size: int, backend: str, verbose: bool = False):
     """Phase A over (chunk, head) in parallel; phase B over (head, DV tile), sequential over chunks, keeping
     the state on chip; then every chunk's outputs in parallel from the chunk-start states."""
     B, T, Hk, Dk = q.shape
     Hv, Dv = v.shape[2:]
     C, N, BH = chunk_size, -(-T // chunk_size), B * Hv
-    t_len = mx.array([T], dtype=mx.int32)
+    t_len, ks = _length(T), _slice(backend, chunk_size, Dk, Dv)
+    to = 64 if Dv % 64 == 0 else STATE_TILE  # output columns per threadgroup
     sizes = _sizes(q, v)
     w, u, kt, p, gc = kernel(backend, "chunk_prep")(
         inputs=[q, k, v, g.astype(mx.float32), beta.astype(mx.float32), t_len],
@@ -82,7 +97,7 @@ def chunked(q, k, v, g, beta, state, *, chunk_size: int, backend: str, verbose: 
         output_dtypes=[mx.float32] * 5,
         grid=(N * PREP_THREADS, BH, 1),
         threadgroup=(PREP_THREADS, 1, 1),
-        template=[("C", C), *sizes, ("KS", SLICE[backend]), ("NT", PREP_THREADS)],
+        template=[("C", C), *sizes, ("KS", ks), ("NT", PREP_THREADS)],
         verbose=verbose,
     )
     hs, r, new_state = kernel(backend, "chunk_state")(
@@ -91,16 +106,17 @@ def chunked(q, k, v, g, beta, state, *, chunk_size: int, backend: str, verbose: 
         output_dtypes=[mx.float32] * 3,
         grid=(Dv // STATE_TILE * STATE_THREADS, BH, 1),
         threadgroup=(STATE_THREADS, 1, 1),
-        template=[("C", C), ("DK", Dk), ("DV", Dv), ("HV", Hv), ("TV", STATE_TILE), ("NT", STATE_THREADS)],
+        template=[("C", C), ("DK", Dk), ("DV", Dv), ("HV", Hv), ("TV", STATE_TILE), ("KS", ks),
+                  ("NT", STATE_THREADS)],
         verbose=verbose,
     )
     (out,) = kernel(backend, "chunk_out")(
         inputs=[q, hs, r, p, gc, t_len],
         output_shapes=[v.shape],
         output_dtypes=[v.dtype],
-        grid=(N * OUT_THREADS, Dv // STATE_TILE, BH),
+        grid=(N * OUT_THREADS, Dv // to, BH),
         threadgroup=(OUT_THREADS, 1, 1),
-        template=[("OutT", v.dtype), ("C", C), *sizes, ("TV", STATE_TILE), ("NT", OUT_THREADS)],
+        template=[("OutT", v.dtype), ("C", C), *sizes, ("TO", to), ("KS", ks), ("NT", OUT_THREADS)],
         verbose=verbose,
     )
     return out, new_state
@@ -111,8 +127,7 @@ def serial(q, k, v, g, beta, state, *, backend: str, verbose: bool = False):
     B, T, Hk, Dk = q.shape
     Hv, Dv = v.shape[2:]
     out, new_state = kernel(backend, "serial")(
-        inputs=[q, k, v, g.astype(mx.float32), beta.astype(mx.float32), state.astype(mx.float32),
-                mx.array([T], dtype=mx.int32)],
+        inputs=[q, k, v, g.astype(mx.float32), beta.astype(mx.float32), state.astype(mx.float32), _length(T)],
         output_shapes=[v.shape, (B, Hv, Dv, Dk)],
         output_dtypes=[v.dtype, mx.float32],
         grid=(Dv * 32, B * Hv, 1),

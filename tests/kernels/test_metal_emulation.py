@@ -53,9 +53,10 @@ def run_chunked(sources, case, workdir, C, sanitize=False, broken=None):
     a = {**bufs, "w": _nan(BH, N, C, Dk), "u": _nan(BH, N, C, Dv), "kt": _nan(BH, N, C, Dk),
          "p": _nan(BH, N, C, C), "gc": _nan(BH, N, C), "hs": _nan(BH, N, Dk, Dv), "r": _nan(BH, N, C, Dv),
          "out": _nan(*bufs["v"].shape), "state_out": _nan(B, Hv, Dv, Dk)}
+    to = 64 if Dv % 64 == 0 else gpu.STATE_TILE
     plan = [("chunk_prep", (N, BH, 1), gpu.PREP_THREADS),
             ("chunk_state", (Dv // gpu.STATE_TILE, BH, 1), gpu.STATE_THREADS),
-            ("chunk_out", (N, Dv // gpu.STATE_TILE, BH), gpu.OUT_THREADS)]
+            ("chunk_out", (N, Dv // to, BH), gpu.OUT_THREADS)]
     runs = [Emulator(src[name], workdir, sanitize).run(a, groups, threads) for name, groups, threads in plan]
     return a["out"], a["state_out"], runs
 
@@ -98,8 +99,8 @@ def test_thread_sanitizer_is_silent_on_the_real_kernels(sources, case, tmp_path,
 
 
 def test_removing_one_barrier_is_caught(sources, case, tmp_path, chunk):
-    """Drop the barrier that publishes R before the state update reads it: ThreadSanitizer reports it."""
-    marker = "DS_SYNC();  // R is complete"
+    """Drop the barrier that publishes a staged W slice before it is read: ThreadSanitizer reports it."""
+    marker = "DS_SYNC();  // W slice staged"
     assert sources["chunk_state"].count(marker) == 1
     broken = sources["chunk_state"].replace(marker, "// barrier removed by the test")
     _, _, runs = run_chunked(sources, case, tmp_path, chunk, sanitize=True, broken={"chunk_state": broken})
