@@ -1,5 +1,7 @@
-# ruff: noqa: B023  -- the closures are timed within the loop iteration that defines them
-"""Time each phase of the chunked GDN kernels separately (B = 1, 16 heads x 128, bf16), for profiling."""
+"""Time each phase of the chunked GDN kernels separately (B = 1, 16 heads x 128, bf16), for profiling.
+
+Usage: python bench/gpu_phases.py [T,T,...]
+"""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from kernels import gpu
 H, D = 16, 128
 
 
-def timed(fn, reps=20) -> float:
+def timed(fn, reps: int = 20) -> float:
     mx.eval(fn())
     mx.synchronize()
     t0 = time.perf_counter()
@@ -22,41 +24,44 @@ def timed(fn, reps=20) -> float:
     return (time.perf_counter() - t0) / reps * 1e3
 
 
-for T in (int(t) for t in (sys.argv[1] if len(sys.argv) > 1 else "4096,16384").split(",")):
-    q = (mx.random.normal((1, T, H, D)) / 11.3).astype(mx.bfloat16)
-    k = (mx.random.normal((1, T, H, D)) / 11.3).astype(mx.bfloat16)
-    v = mx.random.normal((1, T, H, D)).astype(mx.bfloat16)
-    g = -mx.random.uniform(0, 2, (1, T, H))
-    beta = mx.random.uniform(0, 1, (1, T, H))
+def main() -> None:
+    backend = gpu.gpu_backend()
+    for T in (int(t) for t in (sys.argv[1] if len(sys.argv) > 1 else "4096,16384").split(",")):
+        q = (mx.random.normal((1, T, H, D)) / 11.3).astype(mx.bfloat16)
+        k = (mx.random.normal((1, T, H, D)) / 11.3).astype(mx.bfloat16)
+        v = mx.random.normal((1, T, H, D)).astype(mx.bfloat16)
+        g, beta = -mx.random.uniform(0, 2, (1, T, H)), mx.random.uniform(0, 1, (1, T, H))
+        s0 = mx.zeros((1, H, D, D))
+        plan = gpu.ChunkPlan(q, v, 64, backend)
+        w, u, kt, p, gc = plan.prep(q, k, v, g, beta)
+        hs, r, _ = plan.states(w, kt, u, gc, s0)
+        mx.eval(w, u, kt, p, gc, hs, r)
+        times = {
+            "prep": timed(lambda: plan.prep(q, k, v, g, beta)),  # noqa: B023 - timed in this iteration
+            "state pass": timed(lambda: plan.states(w, kt, u, gc, s0)),  # noqa: B023
+            "outputs": timed(lambda: plan.outputs(q, hs, r, p, gc, v.dtype)),  # noqa: B023
+            "all": timed(lambda: gpu.chunked(q, k, v, g, beta, s0, chunk_size=64, backend=backend)),  # noqa: B023
+        }
+        print(f"T={T}: " + ", ".join(f"{name} {ms:.3f} ms" for name, ms in times.items()))
+
+
+if __name__ == "__main__":
+    main()
+
+
+def decode() -> None:
+    """One decode step of the serial kernel, alone and as 50 independent calls in one evaluation."""
+    backend = gpu.gpu_backend()
+    q = (mx.random.normal((1, 1, H, D)) / 11.3).astype(mx.bfloat16)
+    k = (mx.random.normal((1, 1, H, D)) / 11.3).astype(mx.bfloat16)
+    v = mx.random.normal((1, 1, H, D)).astype(mx.bfloat16)
+    g, beta = -mx.random.uniform(0, 2, (1, 1, H)), mx.random.uniform(0, 1, (1, 1, H))
     s0 = mx.zeros((1, H, D, D))
-    C, N, t_len = 64, -(-T // 64), mx.array([T], dtype=mx.int32)
-    sizes = [("DK", D), ("DV", D), ("HK", H), ("HV", H)]
-    prep = gpu.kernel("cuda", "chunk_prep")
-    state = gpu.kernel("cuda", "chunk_state")
-    out = gpu.kernel("cuda", "chunk_out")
+    mx.eval(q, k, v, g, beta, s0)
+    step = lambda: gpu.serial(q, k, v, g, beta, s0, backend=backend)  # noqa: E731
+    print(f"decode: {timed(step, 1) * 1e3:.1f} us per evaluated step, {timed(step, 50) * 1e3:.1f} us per step in "
+          "batches of 50")
 
-    def a():
-        return prep(inputs=[q, k, v, g, beta, t_len], output_shapes=[(H, N, C, D), (H, N, C, D), (H, N, C, D),
-                    (H, N, C, C), (H, N, C)], output_dtypes=[mx.float32] * 5, grid=(N * gpu.PREP_THREADS, H, 1),
-                    threadgroup=(gpu.PREP_THREADS, 1, 1),
-                    template=[("C", C), *sizes, ("KS", gpu.SLICE["cuda"]), ("NT", gpu.PREP_THREADS)])
 
-    w, u, kt, p, gc = a()
-    mx.eval(w, u, kt, p, gc)
-
-    def b():
-        return state(inputs=[w, kt, u, gc, s0, t_len], output_shapes=[(H, N, D, D), (H, N, C, D), (1, H, D, D)],
-                     output_dtypes=[mx.float32] * 3, grid=(D // 16 * gpu.STATE_THREADS, H, 1),
-                     threadgroup=(gpu.STATE_THREADS, 1, 1),
-                     template=[("C", C), ("DK", D), ("DV", D), ("HV", H), ("TV", 16), ("NT", gpu.STATE_THREADS)])
-
-    hs, r, _ = b()
-    mx.eval(hs, r)
-
-    def c():
-        return out(inputs=[q, hs, r, p, gc, t_len], output_shapes=[v.shape], output_dtypes=[v.dtype],
-                   grid=(N * gpu.OUT_THREADS, D // 16, H), threadgroup=(gpu.OUT_THREADS, 1, 1),
-                   template=[("OutT", v.dtype), ("C", C), *sizes, ("TV", 16), ("NT", gpu.OUT_THREADS)])
-
-    print(f"T={T}: prep {timed(a):.3f} ms, state pass {timed(b):.3f} ms, outputs {timed(c):.3f} ms, "
-          f"all {timed(lambda: gpu.chunked(q, k, v, g, beta, s0, chunk_size=64, backend='cuda')):.3f} ms")
+if __name__ == "__main__" and len(sys.argv) > 2:
+    decode()

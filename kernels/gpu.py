@@ -15,7 +15,7 @@ from importlib import resources
 import mlx.core as mx
 
 PREP_THREADS = 256
-STATE_THREADS = 128
+STATE_THREADS = 256
 OUT_THREADS = 256
 STATE_TILE = 16  # DV columns per threadgroup in the sequential state pass
 SLICE = {"cuda": 32, "metal": 16}  # operand columns staged per step (Metal: 32 KB of threadgroup memory)
@@ -85,41 +85,55 @@ def _slice(backend: str, C: int, Dk: int, Dv: int) -> int:
 def chunked(q, k, v, g, beta, state, *, chunk_size: int, backend: str, verbose: bool = False):
     """Phase A over (chunk, head) in parallel; phase B over (head, DV tile), sequential over chunks, keeping
     the state on chip; then every chunk's outputs in parallel from the chunk-start states."""
-    B, T, Hk, Dk = q.shape
-    Hv, Dv = v.shape[2:]
-    C, N, BH = chunk_size, -(-T // chunk_size), B * Hv
-    t_len, ks = _length(T), _slice(backend, chunk_size, Dk, Dv)
-    to = 64 if Dv % 64 == 0 else STATE_TILE  # output columns per threadgroup
-    sizes = _sizes(q, v)
-    w, u, kt, p, gc = kernel(backend, "chunk_prep")(
-        inputs=[q, k, v, g.astype(mx.float32), beta.astype(mx.float32), t_len],
-        output_shapes=[(BH, N, C, Dk), (BH, N, C, Dv), (BH, N, C, Dk), (BH, N, C, C), (BH, N, C)],
-        output_dtypes=[mx.float32] * 5,
-        grid=(N * PREP_THREADS, BH, 1),
-        threadgroup=(PREP_THREADS, 1, 1),
-        template=[("C", C), *sizes, ("KS", ks), ("NT", PREP_THREADS)],
-        verbose=verbose,
-    )
-    hs, r, new_state = kernel(backend, "chunk_state")(
-        inputs=[w, kt, u, gc, state.astype(mx.float32), t_len],
-        output_shapes=[(BH, N, Dk, Dv), (BH, N, C, Dv), (B, Hv, Dv, Dk)],
-        output_dtypes=[mx.float32] * 3,
-        grid=(Dv // STATE_TILE * STATE_THREADS, BH, 1),
-        threadgroup=(STATE_THREADS, 1, 1),
-        template=[("C", C), ("DK", Dk), ("DV", Dv), ("HV", Hv), ("TV", STATE_TILE), ("KS", ks),
-                  ("NT", STATE_THREADS)],
-        verbose=verbose,
-    )
-    (out,) = kernel(backend, "chunk_out")(
-        inputs=[q, hs, r, p, gc, t_len],
-        output_shapes=[v.shape],
-        output_dtypes=[v.dtype],
-        grid=(N * OUT_THREADS, Dv // to, BH),
-        threadgroup=(OUT_THREADS, 1, 1),
-        template=[("OutT", v.dtype), ("C", C), *sizes, ("TO", to), ("KS", ks), ("NT", OUT_THREADS)],
-        verbose=verbose,
-    )
-    return out, new_state
+    plan = ChunkPlan(q, v, chunk_size, backend, verbose)
+    w, u, kt, p, gc = plan.prep(q, k, v, g, beta)
+    hs, r, new_state = plan.states(w, kt, u, gc, state)
+    return plan.outputs(q, hs, r, p, gc, v.dtype), new_state
+
+
+class ChunkPlan:
+    """Shapes, template arguments and launch geometry of the three chunked kernels for one call."""
+
+    def __init__(self, q: mx.array, v: mx.array, chunk_size: int, backend: str, verbose: bool = False):
+        B, T, _, Dk = q.shape
+        Hv, Dv = v.shape[2:]
+        self.backend, self.verbose, self.shape_v = backend, verbose, v.shape
+        self.B, self.Hv, self.Dk, self.Dv = B, Hv, Dk, Dv
+        self.C, self.N, self.BH = chunk_size, -(-T // chunk_size), B * Hv
+        self.t_len, self.ks = _length(T), _slice(backend, chunk_size, Dk, Dv)
+        self.to = 64 if Dv % 64 == 0 else STATE_TILE  # output columns per threadgroup
+        self.sizes = _sizes(q, v)
+
+    def _call(self, body: str, inputs, shapes, dtypes, grid, threads, template):
+        return kernel(self.backend, body)(inputs=inputs, output_shapes=shapes, output_dtypes=dtypes, grid=grid,
+                                          threadgroup=(threads, 1, 1), template=template, verbose=self.verbose)
+
+    def prep(self, q, k, v, g, beta):
+        C, N, BH, Dk, Dv = self.C, self.N, self.BH, self.Dk, self.Dv
+        return self._call(
+            "chunk_prep", [q, k, v, g.astype(mx.float32), beta.astype(mx.float32), self.t_len],
+            [(BH, N, C, Dk), (BH, N, C, Dv), (BH, N, C, Dk), (BH, N, C, C), (BH, N, C)], [mx.float32] * 5,
+            (N * PREP_THREADS, BH, 1), PREP_THREADS,
+            [("C", C), *self.sizes, ("KS", self.ks), ("NT", PREP_THREADS)],
+        )
+
+    def states(self, w, kt, u, gc, state):
+        C, N, BH, Dk, Dv = self.C, self.N, self.BH, self.Dk, self.Dv
+        return self._call(
+            "chunk_state", [w, kt, u, gc, state.astype(mx.float32), self.t_len],
+            [(BH, N, Dk, Dv), (BH, N, C, Dv), (self.B, self.Hv, Dv, Dk)], [mx.float32] * 3,
+            (Dv // STATE_TILE * STATE_THREADS, BH, 1), STATE_THREADS,
+            [("C", C), ("DK", Dk), ("DV", Dv), ("HV", self.Hv), ("TV", STATE_TILE), ("KS", self.ks),
+             ("NT", STATE_THREADS)],
+        )
+
+    def outputs(self, q, hs, r, p, gc, dtype):
+        (out,) = self._call(
+            "chunk_out", [q, hs, r, p, gc, self.t_len], [self.shape_v], [dtype],
+            (self.N * OUT_THREADS, self.Dv // self.to, self.BH), OUT_THREADS,
+            [("OutT", dtype), ("C", self.C), *self.sizes, ("TO", self.to), ("KS", self.ks), ("NT", OUT_THREADS)],
+        )
+        return out
 
 
 def serial(q, k, v, g, beta, state, *, backend: str, verbose: bool = False):
