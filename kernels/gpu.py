@@ -102,6 +102,10 @@ class ChunkPlan:
         self.C, self.N, self.BH = chunk_size, -(-T // chunk_size), B * Hv
         self.t_len, self.ks = _length(T), _slice(backend, chunk_size, Dk, Dv)
         self.to = 64 if Dv % 64 == 0 else STATE_TILE  # output columns per threadgroup
+        # state pass staging: on CUDA a whole chunk of W / K~ per round when it fits next to S and R
+        # (48 KB static limit); Metal (32 KB) stages slices
+        whole = 4 * (chunk_size * (Dk + 1) + Dk * STATE_TILE + chunk_size * STATE_TILE)
+        self.ws, self.kr = (Dk, chunk_size) if backend == "cuda" and whole <= 48 * 1024 else (self.ks, self.ks)
         self.sizes = _sizes(q, v)
 
     def _call(self, body: str, inputs, shapes, dtypes, grid, threads, template):
@@ -123,8 +127,8 @@ class ChunkPlan:
             "chunk_state", [w, kt, u, gc, state.astype(mx.float32), self.t_len],
             [(BH, N, Dk, Dv), (BH, N, C, Dv), (self.B, self.Hv, Dv, Dk)], [mx.float32] * 3,
             (Dv // STATE_TILE * STATE_THREADS, BH, 1), STATE_THREADS,
-            [("C", C), ("DK", Dk), ("DV", Dv), ("HV", self.Hv), ("TV", STATE_TILE), ("KS", self.ks),
-             ("NT", STATE_THREADS)],
+            [("C", C), ("DK", Dk), ("DV", Dv), ("HV", self.Hv), ("TV", STATE_TILE), ("WS", self.ws),
+             ("KR", self.kr), ("NT", STATE_THREADS)],
         )
 
     def outputs(self, q, hs, r, p, gc, dtype):

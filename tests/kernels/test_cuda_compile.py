@@ -37,7 +37,7 @@ def cuda_text(body: str, in_types: dict[str, str], out_types: dict[str, str], te
 SIZES = dict(DK=128, DV=128, HK=16, HV=16)
 CASES = {
     "chunk_prep-bf16": ("chunk_prep", "bfloat16", dict(C=64, **SIZES, KS=gpu.SLICE["cuda"], NT=gpu.PREP_THREADS)),
-    "chunk_state": ("chunk_state", "float32", dict(C=64, DK=128, DV=128, HV=16, TV=16, KS=32,
+    "chunk_state": ("chunk_state", "float32", dict(C=64, DK=128, DV=128, HV=16, TV=16, WS=128, KR=64,
                                                    NT=gpu.STATE_THREADS)),
     "chunk_out-bf16": ("chunk_out", "bfloat16", dict(OutT="bfloat16", C=64, **SIZES, TO=64, KS=32,
                                                      NT=gpu.OUT_THREADS)),
