@@ -3,8 +3,8 @@
 import csv
 import sys
 
-rows = [r for r in csv.reader(line for line in sys.stdin if line.startswith('"'))]
+rows = list(csv.reader(line for line in sys.stdin if line.startswith('"')))
 header, data = rows[0], rows[1:]
-col, name = header.index("Metric Value"), header.index("Kernel Name")
+col = header.index("Metric Value")
 total = sum(float(r[col].replace(",", "")) for r in data if r[col] not in ("", "Metric Value"))
 print(f"{len(data)} kernels, {total / 1e3:.1f} us in all")
