@@ -21,8 +21,8 @@ STATE_TILE = 16  # DV columns per threadgroup in the sequential state pass
 SLICE = {"cuda": 32, "metal": 16}  # operand columns staged per step (Metal: 32 KB of threadgroup memory)
 GPU_CHUNK_SIZES = (16, 32, 64)  # T (C x C fp32) must fit threadgroup memory next to the operand slices
 BODIES = {
-    "chunk_prep": (("q", "k", "v", "g", "beta", "t_len"), ("w", "u", "kt", "p", "gc")),
-    "chunk_state": (("w", "kt", "u", "gc", "state_in", "t_len"), ("hs", "r", "state_out")),
+    "chunk_prep": (("q", "k", "v", "g", "beta", "t_len"), ("w", "u", "p", "gc")),
+    "chunk_state": (("k", "w", "u", "gc", "state_in", "t_len"), ("hs", "r", "state_out")),
     "chunk_out": (("q", "hs", "r", "p", "gc", "t_len"), ("out",)),
     "serial": (("q", "k", "v", "g", "beta", "state_in", "t_len"), ("out", "state_out")),
 }
@@ -86,8 +86,8 @@ def chunked(q, k, v, g, beta, state, *, chunk_size: int, backend: str, verbose: 
     """Phase A over (chunk, head) in parallel; phase B over (head, DV tile), sequential over chunks, keeping
     the state on chip; then every chunk's outputs in parallel from the chunk-start states."""
     plan = ChunkPlan(q, v, chunk_size, backend, verbose)
-    w, u, kt, p, gc = plan.prep(q, k, v, g, beta)
-    hs, r, new_state = plan.states(w, kt, u, gc, state)
+    w, u, p, gc = plan.prep(q, k, v, g, beta)
+    hs, r, new_state = plan.states(k, w, u, gc, state)
     return plan.outputs(q, hs, r, p, gc, v.dtype), new_state
 
 
@@ -116,19 +116,18 @@ class ChunkPlan:
         C, N, BH, Dk, Dv = self.C, self.N, self.BH, self.Dk, self.Dv
         return self._call(
             "chunk_prep", [q, k, v, g.astype(mx.float32), beta.astype(mx.float32), self.t_len],
-            [(BH, N, C, Dk), (BH, N, C, Dv), (BH, N, C, Dk), (BH, N, C, C), (BH, N, C)], [mx.float32] * 5,
+            [(BH, N, C, Dk), (BH, N, C, Dv), (BH, N, C, C), (BH, N, C)], [mx.float32] * 4,
             (N * PREP_THREADS, BH, 1), PREP_THREADS,
             [("C", C), *self.sizes, ("KS", self.ks), ("NT", PREP_THREADS)],
         )
 
-    def states(self, w, kt, u, gc, state):
+    def states(self, k, w, u, gc, state):
         C, N, BH, Dk, Dv = self.C, self.N, self.BH, self.Dk, self.Dv
         return self._call(
-            "chunk_state", [w, kt, u, gc, state.astype(mx.float32), self.t_len],
+            "chunk_state", [k, w, u, gc, state.astype(mx.float32), self.t_len],
             [(BH, N, Dk, Dv), (BH, N, C, Dv), (self.B, self.Hv, Dv, Dk)], [mx.float32] * 3,
             (Dv // STATE_TILE * STATE_THREADS, BH, 1), STATE_THREADS,
-            [("C", C), ("DK", Dk), ("DV", Dv), ("HV", self.Hv), ("TV", STATE_TILE), ("WS", self.ws),
-             ("KR", self.kr), ("NT", STATE_THREADS)],
+            [("C", C), *self.sizes, ("TV", STATE_TILE), ("WS", self.ws), ("KR", self.kr), ("NT", STATE_THREADS)],
         )
 
     def outputs(self, q, hs, r, p, gc, dtype):

@@ -37,8 +37,8 @@ def cuda_text(body: str, in_types: dict[str, str], out_types: dict[str, str], te
 SIZES = dict(DK=128, DV=128, HK=16, HV=16)
 CASES = {
     "chunk_prep-bf16": ("chunk_prep", "bfloat16", dict(C=64, **SIZES, KS=gpu.SLICE["cuda"], NT=gpu.PREP_THREADS)),
-    "chunk_state": ("chunk_state", "float32", dict(C=64, DK=128, DV=128, HV=16, TV=16, WS=128, KR=64,
-                                                   NT=gpu.STATE_THREADS)),
+    "chunk_state-bf16": ("chunk_state", "bfloat16", dict(C=64, **SIZES, TV=16, WS=128, KR=64,
+                                                         NT=gpu.STATE_THREADS)),
     "chunk_out-bf16": ("chunk_out", "bfloat16", dict(OutT="bfloat16", C=64, **SIZES, TO=64, KS=32,
                                                      NT=gpu.OUT_THREADS)),
     "serial-fp32": ("serial", "float32", dict(OutT="float32", **SIZES)),
@@ -48,7 +48,7 @@ CASES = {
 @pytest.mark.parametrize("case", list(CASES))
 def test_cuda_form_compiles(case, tmp_path):
     body, dtype, template = CASES[case]
-    fp32 = {"g", "beta", "w", "u", "kt", "p", "gc", "hs", "r", "state_in", "state_out"}
+    fp32 = {"g", "beta", "w", "u", "p", "gc", "hs", "r", "state_in", "state_out"}
     types = {n: "int32" if n == "t_len" else ("float32" if n in fp32 else dtype)
              for n in gpu.BODIES[body][0] + gpu.BODIES[body][1]}
     src = tmp_path / f"{body}.cu"

@@ -50,7 +50,7 @@ def run_chunked(sources, case, workdir, C, sanitize=False, broken=None):
     Hv, Dv = bufs["v"].shape[2:]
     N, BH = -(-T // C), B * Hv
     src = {**sources, **(broken or {})}
-    a = {**bufs, "w": _nan(BH, N, C, Dk), "u": _nan(BH, N, C, Dv), "kt": _nan(BH, N, C, Dk),
+    a = {**bufs, "w": _nan(BH, N, C, Dk), "u": _nan(BH, N, C, Dv),
          "p": _nan(BH, N, C, C), "gc": _nan(BH, N, C), "hs": _nan(BH, N, Dk, Dv), "r": _nan(BH, N, C, Dv),
          "out": _nan(*bufs["v"].shape), "state_out": _nan(B, Hv, Dv, Dk)}
     to = 64 if Dv % 64 == 0 else gpu.STATE_TILE
