@@ -130,11 +130,9 @@ class EngineRun:
                 self.last_token = event.t
             self.last = event.result
         elif isinstance(event, Finished):
-            self.finished, self.finish_reason = event.t, self.finish_reason or event.reason
-            if event.reason == "cancelled":
-                self.finish_reason = "cancelled"
-            elif self.last is not None:
-                self.finish_reason = self.last.finish_reason or event.reason
+            self.finished = event.t
+            last_reason = self.last.finish_reason if self.last is not None else None
+            self.finish_reason = "cancelled" if event.reason == "cancelled" else last_reason or event.reason
             self._record(200 if self.finish_reason != "cancelled" else 499)
         elif isinstance(event, Failed):
             self.finished, self.error, self.finish_reason = event.t, event, "error"

@@ -18,7 +18,7 @@ from server.streaming import SSE_HEADERS
 router = APIRouter(tags=["completions"], dependencies=[Depends(require_api_key)], responses=ERROR_RESPONSES)
 
 
-@router.post("/v1/completions", response_model=CompletionResponse, response_model_exclude_none=False)
+@router.post("/v1/completions", response_model=CompletionResponse)
 async def create_completion(body: CompletionRequest, request: Request):
     state = get_state(request)
     _check(state, body)
