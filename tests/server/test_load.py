@@ -81,7 +81,7 @@ def test_disconnect_mid_prefill_stops_within_a_step(server):
         for route in ("/health", "/metrics"):
             t0 = time.time()
             assert httpx.get(server.url + route, timeout=2).status_code == 200
-            assert time.time() - t0 < 0.5, f"{route} slow during prefill"
+            assert time.time() - t0 < 1.0, f"{route} slow during prefill"
     t0 = time.time()
     assert _wait_until(lambda: server.metric("deltaserve:num_requests_running") == 0)
     assert time.time() - t0 < 5
