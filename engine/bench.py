@@ -111,8 +111,12 @@ def e2e_runner(model: Model, options: PrefillOptions, n_tokens: int) -> Callable
 def run_bench(
     run: Callable, contexts: list[int], *, runs: int, warmup: int, dtype: mx.Dtype,
     methods: tuple[str, ...] = ("serial", "chunked"), progress: Callable[[str], None] = lambda _: None,
+    gate_rel: float | None = None, same_argmax: bool = False,
 ) -> list[BenchRow]:
-    """Interleave the methods (serial, chunked, ...; warm-ups first, then `runs` timed rounds) per context."""
+    """Interleave the methods (serial, chunked, ...; warm-ups first, then `runs` timed rounds) per context.
+
+    The gate: max |chunked - serial| <= gate_rel * max |serial| (default per dtype), and with `same_argmax`
+    (outputs are logits) the same top token."""
     rows = []
     for T in contexts:
         row = BenchRow(T, {m: [] for m in methods})
@@ -125,7 +129,10 @@ def run_bench(
             progress(f"T={T} run {i + 1}/{warmup + runs}")
         a, b = (np.array(outs[m].astype(mx.float32)) for m in ("chunked", "serial"))
         row.gate_error = float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
-        row.gate_ok = bool(np.isfinite(a).all() and row.gate_error <= GATE_REL.get(dtype, 1e-2))
+        bound = gate_rel if gate_rel is not None else GATE_REL.get(dtype, 1e-2)
+        row.gate_ok = bool(np.isfinite(a).all() and row.gate_error <= bound)
+        if same_argmax:
+            row.gate_ok = row.gate_ok and bool((a.argmax(-1) == b.argmax(-1)).all())
         rows.append(row)
     return rows
 

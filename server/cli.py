@@ -221,9 +221,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
         f"{args.warmup} warm-up + {args.runs} timed interleaved serial/chunked pairs per context",
     ]
     methods = ("serial", "chunked") + (("builtin",) if args.builtin and args.mode == "core" else ())
+    # whole-model logits in bf16 differ by rounding through every layer (DESIGN.md §3): looser bound, same top
+    gate = dict(gate_rel=1e-4 if dtype == mx.float32 else 0.1, same_argmax=True) if args.mode == "e2e" else {}
     with tqdm(total=len(contexts) * (args.warmup + args.runs), file=sys.stderr, leave=False, disable=None) as bar:
         rows = bench.run_bench(run, contexts, runs=args.runs, warmup=args.warmup, dtype=dtype, methods=methods,
-                               progress=lambda msg: (bar.set_description(msg), bar.update()))
+                               progress=lambda msg: (bar.set_description(msg), bar.update()), **gate)
     scale = args.layers if args.mode == "core" else 1
     if args.json:
         print(json.dumps({"header": header, "layers": scale, "rows": [r.to_dict() for r in rows]}, indent=2))
