@@ -181,7 +181,7 @@ class _StopMatcher:
         if hits:
             out, self.pending = self.pending[: min(hits)], ""
             return out, True
-        hold = max((_overlap(self.pending, s) for s in self.stops), default=0)
+        hold = max((partial_suffix(self.pending, s) for s in self.stops), default=0)
         cut = len(self.pending) - hold
         out, self.pending = self.pending[:cut], self.pending[cut:]
         return out, False
@@ -191,8 +191,8 @@ class _StopMatcher:
         return out
 
 
-def _overlap(text: str, stop: str) -> int:
-    """Length of the longest suffix of `text` that is a proper prefix of `stop`."""
+def partial_suffix(text: str, stop: str) -> int:
+    """Length of the longest suffix of `text` that is a proper prefix of `stop` (text to hold back)."""
     for n in range(min(len(text), len(stop) - 1), 0, -1):
         if text.endswith(stop[:n]):
             return n

@@ -13,7 +13,6 @@ from engine.errors import InvalidInputError, ModelLoadError
 log = logging.getLogger("deltaserve")
 
 CHAT_STOP_TOKENS = ("<|im_end|>", "<|endoftext|>")
-THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 
 
 class Tokenizer:

@@ -9,6 +9,7 @@ from fastapi.concurrency import run_in_threadpool
 from engine.errors import InvalidInputError
 from server.errors import ApiError, invalid
 from server.service import AppState
+from server.streaming import THINK_OPEN
 
 MAX_STOP_STRINGS = 16
 
@@ -39,7 +40,7 @@ def opens_reasoning(state: AppState, prompt: list[int]) -> bool:
     """True when the rendered prompt ends inside an open think block (the model continues reasoning)."""
     with state.tokenizer_lock:
         tail = state.tokenizer.decode(prompt[-8:])
-    return tail.rstrip().endswith("<think>")
+    return tail.rstrip().endswith(THINK_OPEN)
 
 
 async def completion_prompts(state: AppState, prompt: str | list) -> list[list[int]]:

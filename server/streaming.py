@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from engine.generate import partial_suffix
 from server.errors import ApiError
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -24,11 +25,6 @@ def comment(text: str) -> str:
 def sse_error(err: ApiError) -> str:
     """An error after the 200 status went out: the SDK raises APIError on an `error` key."""
     return sse(err.body())
-
-
-def _held(text: str, tag: str) -> int:
-    """Length of the longest suffix of `text` that is a proper prefix of `tag`."""
-    return next((n for n in range(min(len(text), len(tag) - 1), 0, -1) if text.endswith(tag[:n])), 0)
 
 
 class ReasoningSplitter:
@@ -59,7 +55,7 @@ class ReasoningSplitter:
         if self.in_reasoning:
             end = self.buf.find(THINK_CLOSE)
             if end < 0:
-                cut = len(self.buf) - _held(self.buf, THINK_CLOSE)
+                cut = len(self.buf) - partial_suffix(self.buf, THINK_CLOSE)
                 reasoning, self.buf = self.buf[:cut], self.buf[cut:]
                 return reasoning, ""
             reasoning, self.buf = self.buf[:end], self.buf[end + len(THINK_CLOSE):]
