@@ -49,7 +49,7 @@ def gated_delta(
     if method not in METHODS:
         raise ValueError(f"unknown GDN method {method!r}; expected one of {METHODS}")
     backend = None if os.environ.get(ENV_OPS) == "1" else gpu.gpu_backend()
-    reason = backend and gpu.unsupported(q, v, chunk_size if method == "chunked" else None)
+    reason = backend and gpu.unsupported(q, v, chunk_size if method == "chunked" else None, backend)
     if reason and reason not in _warned:
         _warned.add(reason)
         log.warning("GDN %s kernel cannot take %s: using the MLX-ops path", method, reason)

@@ -3,8 +3,10 @@
 `source = prelude[backend] + body`, `header = helpers[backend]` (kernels/src). Kernel objects are created
 lazily on first use and cached per (backend, body); the output dtype and sizes are template arguments (MLX
 types the input pointers itself; bodies convert every load with static_cast<float>), and the prompt length is
-a 1-element int32 input, so one compiled kernel serves every length. Importing this module
-compiles nothing and queries no GPU.
+read from an input's shape (`q_shape[1]`: MLX passes it with the launch), so one compiled kernel serves every
+length. (It was a 1-element int32 input: MLX keeps arrays of <= 8 bytes in a small managed-memory pool, and
+reading one from a kernel cost ~20 us a launch on an H200.) Importing this module compiles nothing and queries
+no GPU.
 """
 
 from __future__ import annotations
@@ -18,13 +20,15 @@ PREP_THREADS = 256
 STATE_THREADS = 256
 OUT_THREADS = 256
 STATE_TILE = 16  # DV columns per threadgroup in the sequential state pass
+SERIAL_ROWS = 4  # state rows per 32-thread group in the serial kernel (they share the q / k loads)
+SMEM_BYTES = {"cuda": 48 * 1024, "metal": 32 * 1024}  # static shared / threadgroup memory per group
 SLICE = {"cuda": 32, "metal": 16}  # operand columns staged per step (Metal: 32 KB of threadgroup memory)
 GPU_CHUNK_SIZES = (16, 32, 64)  # T (C x C fp32) must fit threadgroup memory next to the operand slices
 BODIES = {
-    "chunk_prep": (("q", "k", "v", "g", "beta", "t_len"), ("w", "u", "p", "gc")),
-    "chunk_state": (("k", "w", "u", "gc", "state_in", "t_len"), ("hs", "r", "state_out")),
-    "chunk_out": (("q", "hs", "r", "p", "gc", "t_len"), ("out",)),
-    "serial": (("q", "k", "v", "g", "beta", "state_in", "t_len"), ("out", "state_out")),
+    "chunk_prep": (("q", "k", "v", "g", "beta"), ("w", "u", "p", "gc")),
+    "chunk_state": (("k", "w", "u", "gc", "state_in"), ("hs", "r", "state_out")),
+    "chunk_out": (("q", "hs", "r", "p", "gc"), ("out",)),
+    "serial": (("q", "k", "v", "g", "beta", "state_in"), ("out", "state_out")),
 }
 
 
@@ -37,7 +41,7 @@ def gpu_backend() -> str | None:
     return "cuda" if mx.cuda.is_available() else None
 
 
-def unsupported(q: mx.array, v: mx.array, chunk_size: int | None) -> str | None:
+def unsupported(q: mx.array, v: mx.array, chunk_size: int | None, backend: str = "cuda") -> str | None:
     """Why the kernels cannot take these shapes (the caller falls back to the ops path), or None."""
     Dk, Dv = q.shape[-1], v.shape[-1]
     if Dk % 32 or Dk > 256:
@@ -46,6 +50,10 @@ def unsupported(q: mx.array, v: mx.array, chunk_size: int | None) -> str | None:
         return f"Dv={Dv} (kernels need a multiple of {STATE_TILE})"
     if chunk_size is not None and chunk_size not in GPU_CHUNK_SIZES:
         return f"chunk size {chunk_size} (GPU kernels take {GPU_CHUNK_SIZES})"
+    if chunk_size is not None:
+        ws, kr = state_staging(backend, chunk_size, Dk, Dv)
+        if _state_bytes(chunk_size, Dk, ws, kr) > SMEM_BYTES[backend]:
+            return f"Dk={Dk} with chunk size {chunk_size} ({backend} threadgroup memory)"
     return None
 
 
@@ -68,18 +76,24 @@ def _sizes(q: mx.array, v: mx.array) -> list[tuple[str, int]]:
     return [("DK", q.shape[-1]), ("DV", v.shape[-1]), ("HK", q.shape[2]), ("HV", v.shape[2])]
 
 
-@functools.cache
-def _length(T: int) -> mx.array:
-    """The prompt length as a 1-element int32 array, made once per length (no upload per call)."""
-    t = mx.array([T], dtype=mx.int32)
-    mx.eval(t)
-    return t
-
-
 def _slice(backend: str, C: int, Dk: int, Dv: int) -> int:
     """Operand slice width: the backend's, unless the chunk or a head dim is not a multiple of it."""
     ks = min(SLICE[backend], C)
     return ks if Dk % ks == 0 and Dv % ks == 0 else 16
+
+
+def _state_bytes(C: int, Dk: int, ws: int, kr: int) -> int:
+    """Threadgroup memory of the state pass (gdn_chunk_state.body): S, R, kdec and the W / K~ staging buffer."""
+    return 4 * (max(C * (ws + 1), kr * (Dk + 1)) + Dk * STATE_TILE + C * STATE_TILE + C)
+
+
+def state_staging(backend: str, C: int, Dk: int, Dv: int) -> tuple[int, int]:
+    """(W columns, K~ rows) staged per round in the state pass: on CUDA a whole chunk when it fits (each round
+    costs a global-memory latency on this sequential path), else the backend's slice, else 16."""
+    plans = [(Dk, C)] if backend == "cuda" else []
+    plans += [(ks, ks) for ks in dict.fromkeys((_slice(backend, C, Dk, Dv), 16))]
+    fits = [p for p in plans if _state_bytes(C, Dk, *p) <= SMEM_BYTES[backend]]
+    return (fits or plans)[0]
 
 
 def chunked(q, k, v, g, beta, state, *, chunk_size: int, backend: str, verbose: bool = False):
@@ -100,12 +114,9 @@ class ChunkPlan:
         self.backend, self.verbose, self.shape_v = backend, verbose, v.shape
         self.B, self.Hv, self.Dk, self.Dv = B, Hv, Dk, Dv
         self.C, self.N, self.BH = chunk_size, -(-T // chunk_size), B * Hv
-        self.t_len, self.ks = _length(T), _slice(backend, chunk_size, Dk, Dv)
+        self.ks = _slice(backend, chunk_size, Dk, Dv)
         self.to = 64 if Dv % 64 == 0 else STATE_TILE  # output columns per threadgroup
-        # state pass staging: on CUDA a whole chunk of W / K~ per round when it fits next to S and R
-        # (48 KB static limit); Metal (32 KB) stages slices
-        whole = 4 * (chunk_size * (Dk + 1) + Dk * STATE_TILE + chunk_size * STATE_TILE)
-        self.ws, self.kr = (Dk, chunk_size) if backend == "cuda" and whole <= 48 * 1024 else (self.ks, self.ks)
+        self.ws, self.kr = state_staging(backend, chunk_size, Dk, Dv)
         self.sizes = _sizes(q, v)
 
     def _call(self, body: str, inputs, shapes, dtypes, grid, threads, template):
@@ -115,7 +126,7 @@ class ChunkPlan:
     def prep(self, q, k, v, g, beta):
         C, N, BH, Dk, Dv = self.C, self.N, self.BH, self.Dk, self.Dv
         return self._call(
-            "chunk_prep", [q, k, v, g.astype(mx.float32), beta.astype(mx.float32), self.t_len],
+            "chunk_prep", [q, k, v, g.astype(mx.float32), beta.astype(mx.float32)],
             [(BH, N, C, Dk), (BH, N, C, Dv), (BH, N, C, C), (BH, N, C)], [mx.float32] * 4,
             (N * PREP_THREADS, BH, 1), PREP_THREADS,
             [("C", C), *self.sizes, ("KS", self.ks), ("NT", PREP_THREADS)],
@@ -124,7 +135,7 @@ class ChunkPlan:
     def states(self, k, w, u, gc, state):
         C, N, BH, Dk, Dv = self.C, self.N, self.BH, self.Dk, self.Dv
         return self._call(
-            "chunk_state", [k, w, u, gc, state.astype(mx.float32), self.t_len],
+            "chunk_state", [k, w, u, gc, state.astype(mx.float32)],
             [(BH, N, Dk, Dv), (BH, N, C, Dv), (self.B, self.Hv, Dv, Dk)], [mx.float32] * 3,
             (Dv // STATE_TILE * STATE_THREADS, BH, 1), STATE_THREADS,
             [("C", C), *self.sizes, ("TV", STATE_TILE), ("WS", self.ws), ("KR", self.kr), ("NT", STATE_THREADS)],
@@ -132,7 +143,7 @@ class ChunkPlan:
 
     def outputs(self, q, hs, r, p, gc, dtype):
         (out,) = self._call(
-            "chunk_out", [q, hs, r, p, gc, self.t_len], [self.shape_v], [dtype],
+            "chunk_out", [q, hs, r, p, gc], [self.shape_v], [dtype],
             (self.N * OUT_THREADS, self.Dv // self.to, self.BH), OUT_THREADS,
             [("OutT", dtype), ("C", self.C), *self.sizes, ("TO", self.to), ("KS", self.ks), ("NT", OUT_THREADS)],
         )
@@ -140,16 +151,16 @@ class ChunkPlan:
 
 
 def serial(q, k, v, g, beta, state, *, backend: str, verbose: bool = False):
-    """One warp per (value row, head) walks the T tokens with its state row in registers."""
+    """One warp per (SERIAL_ROWS value rows, head) walks the T tokens with its state rows in registers."""
     B, T, Hk, Dk = q.shape
     Hv, Dv = v.shape[2:]
     out, new_state = kernel(backend, "serial")(
-        inputs=[q, k, v, g.astype(mx.float32), beta.astype(mx.float32), state.astype(mx.float32), _length(T)],
+        inputs=[q, k, v, g.astype(mx.float32), beta.astype(mx.float32), state.astype(mx.float32)],
         output_shapes=[v.shape, (B, Hv, Dv, Dk)],
         output_dtypes=[v.dtype, mx.float32],
-        grid=(Dv * 32, B * Hv, 1),
+        grid=(Dv // SERIAL_ROWS * 32, B * Hv, 1),
         threadgroup=(32, 1, 1),
-        template=[("OutT", v.dtype), *_sizes(q, v)],
+        template=[("OutT", v.dtype), *_sizes(q, v), ("RPW", SERIAL_ROWS)],
         verbose=verbose,
     )
     return out, new_state

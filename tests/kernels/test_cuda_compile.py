@@ -8,9 +8,11 @@ arguments as `constexpr int` / `using` lines before the body. `uint` is poisoned
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 
+import mlx.core as mx
 import pytest
 
 from kernels import gpu
@@ -20,18 +22,27 @@ CUDA_TYPES = {"float32": "float", "bfloat16": "__nv_bfloat16", "float16": "__hal
 STUB = """#include <cstdint>
 #include <cooperative_groups.h>
 #define uint uint_is_not_available_under_NVRTC
+struct Shape {  // mlx/backend/cuda/device/utils.cuh: cuda::std::array<int32_t, MAX_NDIM>
+  int32_t v[8];
+  __device__ const int32_t& operator[](int i) const { return v[i]; }
+};
 """
 
 
 def cuda_text(body: str, in_types: dict[str, str], out_types: dict[str, str], template: dict) -> str:
     inputs, outputs = gpu.BODIES[body]
-    params = [f"    const {CUDA_TYPES[in_types[n]]}* {n}" for n in inputs]
+    source = gpu.read_source(f"gdn_{body}.body")
+    params = []
+    for n in inputs:  # MLX adds `const __grid_constant__ Shape x_shape` after x when the source names it
+        params.append(f"    const {CUDA_TYPES[in_types[n]]}* {n}")
+        if f"{n}_shape" in source:
+            params.append(f"    const __grid_constant__ Shape {n}_shape")
     params += [f"    {CUDA_TYPES[out_types[n]]}* {n}" for n in outputs]
     consts = [f"  using {k} = {CUDA_TYPES[v]};" if isinstance(v, str) else f"  constexpr int {k} = {v};"
               for k, v in template.items()]
     return (STUB + gpu.read_source("helpers_cuda.h") + "namespace mlx::core::cu {\n"
             + f"__global__ void custom_kernel_{body}(\n" + ",\n".join(params) + ") {\n" + "\n".join(consts) + "\n"
-            + gpu.read_source("prelude_cuda.h") + gpu.read_source(f"gdn_{body}.body") + "\n}\n}\n")
+            + gpu.read_source("prelude_cuda.h") + source + "\n}\n}\n")
 
 
 SIZES = dict(DK=128, DV=128, HK=16, HV=16)
@@ -41,7 +52,7 @@ CASES = {
                                                          NT=gpu.STATE_THREADS)),
     "chunk_out-bf16": ("chunk_out", "bfloat16", dict(OutT="bfloat16", C=64, **SIZES, TO=64, KS=32,
                                                      NT=gpu.OUT_THREADS)),
-    "serial-fp32": ("serial", "float32", dict(OutT="float32", **SIZES)),
+    "serial-fp32": ("serial", "float32", dict(OutT="float32", **SIZES, RPW=gpu.SERIAL_ROWS)),
 }
 
 
@@ -49,10 +60,30 @@ CASES = {
 def test_cuda_form_compiles(case, tmp_path):
     body, dtype, template = CASES[case]
     fp32 = {"g", "beta", "w", "u", "p", "gc", "hs", "r", "state_in", "state_out"}
-    types = {n: "int32" if n == "t_len" else ("float32" if n in fp32 else dtype)
+    types = {n: "float32" if n in fp32 else dtype
              for n in gpu.BODIES[body][0] + gpu.BODIES[body][1]}
     src = tmp_path / f"{body}.cu"
     src.write_text(cuda_text(body, types, types, template))
     cmd = ["nvcc", "-std=c++17", "-arch=sm_90", "-c", str(src), "-o", str(tmp_path / f"{body}.o")]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-4000:]
+
+
+@pytest.mark.parametrize("dk", [64, 128, 256])
+@pytest.mark.parametrize("backend", ["cuda", "metal"])
+def test_state_pass_staging_plan_matches_the_compiled_shared_memory(dk, backend, tmp_path):
+    """The plan `unsupported` and the launch rely on: ptxas's own shared-memory count of the state pass equals
+    the byte count the plan is checked with, for CUDA's and Metal's plans (the body is the same)."""
+    ws, kr = gpu.state_staging(backend, 64, dk, 128)
+    template = dict(C=64, DK=dk, DV=128, HK=16, HV=16, TV=gpu.STATE_TILE, WS=ws, KR=kr, NT=gpu.STATE_THREADS)
+    types = dict.fromkeys(gpu.BODIES["chunk_state"][0] + gpu.BODIES["chunk_state"][1], "float32")
+    src = tmp_path / "state.cu"
+    src.write_text(cuda_text("chunk_state", types, types, template))
+    cmd = ["nvcc", "-std=c++17", "-arch=sm_90", "-Xptxas", "-v", "-c", str(src), "-o", str(tmp_path / "state.o")]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-4000:]
+    smem = int(re.search(r"(\d+) bytes smem", r.stderr).group(1))
+    assert smem == gpu._state_bytes(64, dk, ws, kr)
+    fits = smem <= gpu.SMEM_BYTES[backend]
+    q, v = mx.zeros((1, 1, 1, dk)), mx.zeros((1, 1, 1, 128))
+    assert (gpu.unsupported(q, v, 64, backend) is None) == fits

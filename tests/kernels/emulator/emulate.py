@@ -21,7 +21,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[2]
-TYPES = {"float": np.float32, "int32_t": np.int32, "bfloat16_t": np.uint16}  # bf16 as raw bits
+TYPES = {"float": np.float32, "int32_t": np.int32, "int": np.int32, "bfloat16_t": np.uint16}  # bf16 as raw bits
 PARAM = re.compile(r"(?:const )?(?:device|constant) (\w+)\* (\w+) \[\[buffer\((\d+)\)\]\]")
 ATTR = re.compile(r"(uint3|uint) (\w+) \[\[(\w+)\]\]")
 ATTR_VALUES = {
@@ -144,6 +144,9 @@ class Emulator:
             env: dict | None = None) -> subprocess.CompletedProcess:
         data = self.workdir / "data"
         data.mkdir(exist_ok=True)
+        for _, name in self.sig.params:  # `x_shape` parameters: MLX passes the input's shape
+            if name.endswith("_shape") and name not in buffers:
+                buffers[name] = np.array(buffers[name.removesuffix("_shape")].shape, np.int32)
         for t, name in self.sig.params:
             np.ascontiguousarray(buffers[name], dtype=TYPES[t]).tofile(data / f"{name}.bin")
         cmd = [str(self.exe), str(data), *map(str, groups), str(threads)]
