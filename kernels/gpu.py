@@ -138,7 +138,8 @@ class ChunkPlan:
             "chunk_state", [k, w, u, gc, state.astype(mx.float32)],
             [(BH, N, Dk, Dv), (BH, N, C, Dv), (self.B, self.Hv, Dv, Dk)], [mx.float32] * 3,
             (Dv // STATE_TILE * STATE_THREADS, BH, 1), STATE_THREADS,
-            [("C", C), *self.sizes, ("TV", STATE_TILE), ("WS", self.ws), ("KR", self.kr), ("NT", STATE_THREADS)],
+            [("KT", k.dtype), ("C", C), *self.sizes, ("TV", STATE_TILE), ("WS", self.ws), ("KR", self.kr),
+             ("NT", STATE_THREADS)],
         )
 
     def outputs(self, q, hs, r, p, gc, dtype):

@@ -48,7 +48,7 @@ def cuda_text(body: str, in_types: dict[str, str], out_types: dict[str, str], te
 SIZES = dict(DK=128, DV=128, HK=16, HV=16)
 CASES = {
     "chunk_prep-bf16": ("chunk_prep", "bfloat16", dict(C=64, **SIZES, KS=gpu.SLICE["cuda"], NT=gpu.PREP_THREADS)),
-    "chunk_state-bf16": ("chunk_state", "bfloat16", dict(C=64, **SIZES, TV=16, WS=128, KR=64,
+    "chunk_state-bf16": ("chunk_state", "bfloat16", dict(KT="bfloat16", C=64, **SIZES, TV=16, WS=128, KR=64,
                                                          NT=gpu.STATE_THREADS)),
     "chunk_out-bf16": ("chunk_out", "bfloat16", dict(OutT="bfloat16", C=64, **SIZES, TO=64, KS=32,
                                                      NT=gpu.OUT_THREADS)),
@@ -75,7 +75,7 @@ def test_state_pass_staging_plan_matches_the_compiled_shared_memory(dk, backend,
     """The plan `unsupported` and the launch rely on: ptxas's own shared-memory count of the state pass equals
     the byte count the plan is checked with, for CUDA's and Metal's plans (the body is the same)."""
     ws, kr = gpu.state_staging(backend, 64, dk, 128)
-    template = dict(C=64, DK=dk, DV=128, HK=16, HV=16, TV=gpu.STATE_TILE, WS=ws, KR=kr, NT=gpu.STATE_THREADS)
+    template = dict(KT="float32", C=64, DK=dk, DV=128, HK=16, HV=16, TV=gpu.STATE_TILE, WS=ws, KR=kr, NT=gpu.STATE_THREADS)
     types = dict.fromkeys(gpu.BODIES["chunk_state"][0] + gpu.BODIES["chunk_state"][1], "float32")
     src = tmp_path / "state.cu"
     src.write_text(cuda_text("chunk_state", types, types, template))
