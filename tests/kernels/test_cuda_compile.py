@@ -75,7 +75,8 @@ def test_state_pass_staging_plan_matches_the_compiled_shared_memory(dk, backend,
     """The plan `unsupported` and the launch rely on: ptxas's own shared-memory count of the state pass equals
     the byte count the plan is checked with, for CUDA's and Metal's plans (the body is the same)."""
     ws, kr = gpu.state_staging(backend, 64, dk, 128)
-    template = dict(KT="float32", C=64, DK=dk, DV=128, HK=16, HV=16, TV=gpu.STATE_TILE, WS=ws, KR=kr, NT=gpu.STATE_THREADS)
+    template = dict(KT="float32", C=64, DK=dk, DV=128, HK=16, HV=16, TV=gpu.STATE_TILE, WS=ws, KR=kr,
+                    NT=gpu.STATE_THREADS)
     types = dict.fromkeys(gpu.BODIES["chunk_state"][0] + gpu.BODIES["chunk_state"][1], "float32")
     src = tmp_path / "state.cu"
     src.write_text(cuda_text("chunk_state", types, types, template))
