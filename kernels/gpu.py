@@ -146,7 +146,8 @@ class ChunkPlan:
         (out,) = self._call(
             "chunk_out", [q, hs, r, p, gc], [self.shape_v], [dtype],
             (self.N * OUT_THREADS, self.Dv // self.to, self.BH), OUT_THREADS,
-            [("OutT", dtype), ("C", self.C), *self.sizes, ("TO", self.to), ("KS", self.ks), ("NT", OUT_THREADS)],
+            [("OutT", dtype), ("QX", q.dtype in (mx.bfloat16, mx.float16)), ("C", self.C), *self.sizes,
+             ("TO", self.to), ("KS", self.ks), ("NT", OUT_THREADS)],
         )
         return out
 

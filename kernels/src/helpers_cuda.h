@@ -46,3 +46,58 @@ __device__ inline void ds_unpack16(const ds_raw16& v, const __half*, float* out)
     out[2 * i + 1] = __half2float(__ushort_as_half(static_cast<unsigned short>(u[i] >> 16)));
   }
 }
+
+// x = hi + lo with hi, lo TF32 (round to nearest): the 3xTF32 split that keeps fp32 accuracy on tensor cores.
+__device__ inline void ds_split_tf32(float x, unsigned& hi, unsigned& lo) {
+  asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(hi) : "f"(x));
+  asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(lo) : "f"(x - __uint_as_float(hi)));
+}
+
+__device__ inline void ds_mma_tf32(float* c, const unsigned* a, const unsigned* b) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+// One warp, one k-step of 8: acc (MT x NB tiles of 16 x 8, fp32) += A (16 MT x 8) B (8 x 8 NB), with
+// A(m, k) = a[m * am + k * ak], B(k, n) = b[k * bk + n * bn] in shared memory. acc[(mt * NB + nb) * 4 + e] holds,
+// for lane 4 g + t, C(16 mt + g + 8 (e / 2), 8 nb + 2 t + e % 2): PTX's m16n8k8 layout, which the Metal helper
+// of the same name reproduces. Tensor cores with the 3xTF32 split (fp32-level accuracy; the lo x lo term,
+// ~2^-22 relative, is dropped), each fragment split once and reused by MT x NB tiles; AEXACT: A holds
+// bf16 / fp16 values, exact in TF32, so its lo part is zero and 2 products per tile suffice.
+template <int MT, int NB, bool AEXACT, typename PA, typename PB>
+__device__ inline void ds_mma_block(float* acc, PA a, int am, int ak, PB b, int bk, int bn, int lane) {
+  const int g = lane >> 2;
+  const int t = lane & 3;
+  unsigned ah[MT][4], al[MT][4], bh[NB][2], bl[NB][2];
+#pragma unroll
+  for (int m = 0; m < MT; ++m) {
+    const float v[4] = {a[(16 * m + g) * am + t * ak], a[(16 * m + g + 8) * am + t * ak],
+                        a[(16 * m + g) * am + (t + 4) * ak], a[(16 * m + g + 8) * am + (t + 4) * ak]};
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      if (AEXACT) {
+        ah[m][e] = __float_as_uint(v[e]);
+        al[m][e] = 0u;
+      } else {
+        ds_split_tf32(v[e], ah[m][e], al[m][e]);
+      }
+    }
+  }
+#pragma unroll
+  for (int n = 0; n < NB; ++n) {
+    ds_split_tf32(b[t * bk + (8 * n + g) * bn], bh[n][0], bl[n][0]);
+    ds_split_tf32(b[(t + 4) * bk + (8 * n + g) * bn], bh[n][1], bl[n][1]);
+  }
+#pragma unroll
+  for (int m = 0; m < MT; ++m) {
+#pragma unroll
+    for (int n = 0; n < NB; ++n) {
+      float* c = acc + (m * NB + n) * 4;
+      if (!AEXACT) ds_mma_tf32(c, al[m], bh[n]);  // small terms first
+      ds_mma_tf32(c, ah[m], bl[n]);
+      ds_mma_tf32(c, ah[m], bh[n]);
+    }
+  }
+}

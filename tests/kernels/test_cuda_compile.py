@@ -38,8 +38,9 @@ def cuda_text(body: str, in_types: dict[str, str], out_types: dict[str, str], te
         if f"{n}_shape" in source:
             params.append(f"    const __grid_constant__ Shape {n}_shape")
     params += [f"    {CUDA_TYPES[out_types[n]]}* {n}" for n in outputs]
-    consts = [f"  using {k} = {CUDA_TYPES[v]};" if isinstance(v, str) else f"  constexpr int {k} = {v};"
-              for k, v in template.items()]
+    consts = [f"  using {k} = {CUDA_TYPES[v]};" if isinstance(v, str)
+              else f"  constexpr bool {k} = {str(v).lower()};" if isinstance(v, bool)
+              else f"  constexpr int {k} = {v};" for k, v in template.items()]
     return (STUB + gpu.read_source("helpers_cuda.h") + "namespace mlx::core::cu {\n"
             + f"__global__ void custom_kernel_{body}(\n" + ",\n".join(params) + ") {\n" + "\n".join(consts) + "\n"
             + gpu.read_source("prelude_cuda.h") + source + "\n}\n}\n")
@@ -50,7 +51,7 @@ CASES = {
     "chunk_prep-bf16": ("chunk_prep", "bfloat16", dict(C=64, **SIZES, KS=gpu.SLICE["cuda"], NT=gpu.PREP_THREADS)),
     "chunk_state-bf16": ("chunk_state", "bfloat16", dict(KT="bfloat16", C=64, **SIZES, TV=16, WS=128, KR=64,
                                                          NT=gpu.STATE_THREADS)),
-    "chunk_out-bf16": ("chunk_out", "bfloat16", dict(OutT="bfloat16", C=64, **SIZES, TO=64, KS=32,
+    "chunk_out-bf16": ("chunk_out", "bfloat16", dict(OutT="bfloat16", QX=True, C=64, **SIZES, TO=64, KS=32,
                                                      NT=gpu.OUT_THREADS)),
     "serial-fp32": ("serial", "float32", dict(OutT="float32", **SIZES, RPW=gpu.SERIAL_ROWS)),
 }
