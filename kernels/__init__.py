@@ -48,6 +48,8 @@ def gated_delta(
     """
     if method not in METHODS:
         raise ValueError(f"unknown GDN method {method!r}; expected one of {METHODS}")
+    if q.shape[1] == 0:  # nothing to run (and no zero-sized launch or empty chunk stack)
+        return mx.zeros(v.shape, v.dtype), state.astype(mx.float32)
     backend = None if os.environ.get(ENV_OPS) == "1" else gpu.gpu_backend()
     reason = backend and gpu.unsupported(q, v, chunk_size if method == "chunked" else None, backend)
     if reason and reason not in _warned:

@@ -149,3 +149,11 @@ def test_bf16_inputs_keep_a_0999_decay_unlike_mlx_fast_op():
         pytest.skip(f"mx.fast.gated_delta_update no longer rounds the gate (error {fast_err:.1e}): update docs")
     _, no_decay = oracle.serial(*ref[:3], np.zeros_like(ref[3]), *ref[4:])
     assert_close_to_scale("fast op behaves as decay 1.0", np.array(fast_state), no_decay, rel=1e-2)
+
+
+@pytest.mark.parametrize("method", ["serial", "chunked"])
+def test_an_empty_sequence_returns_no_outputs_and_the_state_unchanged(method):
+    _, (q, k, v, g, beta, s0) = make_gdn_inputs(T=4, seed=fresh_seed(), **DEFAULT)
+    out, state = gated_delta(q[:, :0], k[:, :0], v[:, :0], g[:, :0], beta[:, :0], s0, method=method)
+    assert out.shape == (1, 0, DEFAULT["Hv"], DEFAULT["Dv"]) and out.dtype == v.dtype
+    assert state.dtype == mx.float32 and mx.array_equal(state, s0.astype(mx.float32)).item()
