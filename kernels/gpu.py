@@ -23,6 +23,7 @@ STATE_TILE = 16  # DV columns per threadgroup in the sequential state pass
 SERIAL_ROWS = 4  # state rows per 32-thread group in the serial kernel (they share the q / k loads)
 SMEM_BYTES = {"cuda": 48 * 1024, "metal": 32 * 1024}  # static shared / threadgroup memory per group
 SLICE = {"cuda": 32, "metal": 16}  # operand columns staged per step (Metal: 32 KB of threadgroup memory)
+HALF = (mx.bfloat16, mx.float16)  # 16-bit inputs: exact in TF32 (one tensor-core product, no split)
 GPU_CHUNK_SIZES = (16, 32, 64)  # T (C x C fp32) must fit threadgroup memory next to the operand slices
 BODIES = {
     "chunk_prep": (("q", "k", "v", "g", "beta"), ("w", "u", "p", "gc")),
@@ -129,7 +130,8 @@ class ChunkPlan:
             "chunk_prep", [q, k, v, g.astype(mx.float32), beta.astype(mx.float32)],
             [(BH, N, C, Dk), (BH, N, C, Dv), (BH, N, C, C), (BH, N, C)], [mx.float32] * 4,
             (N * PREP_THREADS, BH, 1), PREP_THREADS,
-            [("C", C), *self.sizes, ("KS", self.ks), ("NT", PREP_THREADS)],
+            [("IX", q.dtype in HALF and k.dtype in HALF), ("C", C), *self.sizes, ("KS", self.ks),
+             ("NT", PREP_THREADS)],
         )
 
     def states(self, k, w, u, gc, state):
@@ -146,7 +148,7 @@ class ChunkPlan:
         (out,) = self._call(
             "chunk_out", [q, hs, r, p, gc], [self.shape_v], [dtype],
             (self.N * OUT_THREADS, self.Dv // self.to, self.BH), OUT_THREADS,
-            [("OutT", dtype), ("QX", q.dtype in (mx.bfloat16, mx.float16)), ("C", self.C), *self.sizes,
+            [("OutT", dtype), ("QX", q.dtype in HALF), ("C", self.C), *self.sizes,
              ("TO", self.to), ("KS", self.ks), ("NT", OUT_THREADS)],
         )
         return out

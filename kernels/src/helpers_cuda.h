@@ -64,9 +64,9 @@ __device__ inline void ds_mma_tf32(float* c, const unsigned* a, const unsigned* 
 // A(m, k) = a[m * am + k * ak], B(k, n) = b[k * bk + n * bn] in shared memory. acc[(mt * NB + nb) * 4 + e] holds,
 // for lane 4 g + t, C(16 mt + g + 8 (e / 2), 8 nb + 2 t + e % 2): PTX's m16n8k8 layout, which the Metal helper
 // of the same name reproduces. Tensor cores with the 3xTF32 split (fp32-level accuracy; the lo x lo term,
-// ~2^-22 relative, is dropped), each fragment split once and reused by MT x NB tiles; AEXACT: A holds
-// bf16 / fp16 values, exact in TF32, so its lo part is zero and 2 products per tile suffice.
-template <int MT, int NB, bool AEXACT, typename PA, typename PB>
+// ~2^-22 relative, is dropped), each fragment split once and reused by MT x NB tiles. AEXACT / BEXACT: that
+// operand holds bf16 / fp16 values, exact in TF32, so its lo part is zero: 2 products per tile, or 1 if both.
+template <int MT, int NB, bool AEXACT, bool BEXACT, typename PA, typename PB>
 __device__ inline void ds_mma_block(float* acc, PA a, int am, int ak, PB b, int bk, int bn, int lane) {
   const int g = lane >> 2;
   const int t = lane & 3;
@@ -87,8 +87,16 @@ __device__ inline void ds_mma_block(float* acc, PA a, int am, int ak, PB b, int 
   }
 #pragma unroll
   for (int n = 0; n < NB; ++n) {
-    ds_split_tf32(b[t * bk + (8 * n + g) * bn], bh[n][0], bl[n][0]);
-    ds_split_tf32(b[(t + 4) * bk + (8 * n + g) * bn], bh[n][1], bl[n][1]);
+    const float v[2] = {b[t * bk + (8 * n + g) * bn], b[(t + 4) * bk + (8 * n + g) * bn]};
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      if (BEXACT) {
+        bh[n][e] = __float_as_uint(v[e]);
+        bl[n][e] = 0u;
+      } else {
+        ds_split_tf32(v[e], bh[n][e], bl[n][e]);
+      }
+    }
   }
 #pragma unroll
   for (int m = 0; m < MT; ++m) {
@@ -96,7 +104,7 @@ __device__ inline void ds_mma_block(float* acc, PA a, int am, int ak, PB b, int 
     for (int n = 0; n < NB; ++n) {
       float* c = acc + (m * NB + n) * 4;
       if (!AEXACT) ds_mma_tf32(c, al[m], bh[n]);  // small terms first
-      ds_mma_tf32(c, ah[m], bl[n]);
+      if (!BEXACT) ds_mma_tf32(c, ah[m], bl[n]);
       ds_mma_tf32(c, ah[m], bh[n]);
     }
   }

@@ -40,9 +40,9 @@ inline void ds_unpack16(thread const ds_raw16& v, const device half*, thread flo
 // One SIMD group, one k-step of 8: acc (MT x NB tiles of 16 x 8, fp32) += A (16 MT x 8) B (8 x 8 NB), with
 // A(m, k) = a[m * am + k * ak], B(k, n) = b[k * bk + n * bn] in threadgroup memory. acc[(mt * NB + nb) * 4 + e]
 // holds, for lane 4 g + t, C(16 mt + g + 8 (e / 2), 8 nb + 2 t + e % 2): the layout of the CUDA helper (PTX
-// m16n8k8), computed here with plain FMAs, k in order (AEXACT only matters to the CUDA form).
+// m16n8k8), computed here with plain FMAs, k in order (AEXACT / BEXACT only matter to the CUDA form).
 // (simdgroup_matrix would be the Metal tensor path; it needs a Mac to validate, so it is not used yet.)
-template <int MT, int NB, bool AEXACT, typename Acc, typename PA, typename PB>
+template <int MT, int NB, bool AEXACT, bool BEXACT, typename Acc, typename PA, typename PB>
 inline void ds_mma_block(Acc acc, PA a, int am, int ak, PB b, int bk, int bn, int lane) {
   const int g = lane >> 2;
   const int t = lane & 3;
