@@ -48,7 +48,8 @@ def cuda_text(body: str, in_types: dict[str, str], out_types: dict[str, str], te
 
 SIZES = dict(DK=128, DV=128, HK=16, HV=16)
 CASES = {
-    "chunk_prep-bf16": ("chunk_prep", "bfloat16", dict(IX=True, C=64, **SIZES, KS=gpu.SLICE["cuda"], NT=gpu.PREP_THREADS)),
+    "chunk_prep-bf16": ("chunk_prep", "bfloat16", dict(IX=True, C=64, **SIZES, KS=gpu.SLICE["cuda"],
+                                                       NT=gpu.PREP_THREADS)),
     "chunk_state-bf16": ("chunk_state", "bfloat16", dict(KT="bfloat16", C=64, **SIZES, TV=16, WS=128, KR=64,
                                                          NT=gpu.STATE_THREADS)),
     "chunk_out-bf16": ("chunk_out", "bfloat16", dict(OutT="bfloat16", QX=True, C=64, **SIZES, TO=64, KS=32,
