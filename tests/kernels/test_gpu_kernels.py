@@ -41,13 +41,16 @@ def test_chunked_kernel_matches_float64_oracle(T, C):
     assert_close_to_scale(f"state (seed {seed})", np.array(state), ref_state, rel=REL)
 
 
-@pytest.mark.parametrize("case", [*(f"decay-{d}" for d in DECAYS), "bf16", "B2", "real-shape", "T1-decode"])
+@pytest.mark.parametrize("case", [*(f"decay-{d}" for d in DECAYS), "bf16", "B2", "real-shape", "T1-decode",
+                                  "Dk96", "Dk256"])
 def test_kernels_match_oracle_across_inputs(case):
     kw = {**DEFAULT, "T": 100, "seed": fresh_seed()}
     if case.startswith("decay-"):
         kw["decay"] = case.removeprefix("decay-")
     kw.update({"bf16": dict(dtype=mx.bfloat16), "B2": dict(B=2), "T1-decode": dict(T=1),
-               "real-shape": dict(Hk=16, Hv=16, Dk=128, Dv=128, T=300)}.get(case, {}))
+               "real-shape": dict(Hk=16, Hv=16, Dk=128, Dv=128, T=300),
+               "Dk96": dict(Dk=96, Dv=48),  # thread shares that do not divide evenly
+               "Dk256": dict(Dk=256, Dv=64)}.get(case, {}))  # the state pass's sliced staging plan on CUDA
     ref, args = make_gdn_inputs(**kw)
     ref_out, ref_state = oracle.serial(*ref)
     for method in ("serial", "chunked"):
