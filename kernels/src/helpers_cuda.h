@@ -109,3 +109,20 @@ __device__ inline void ds_mma_block(float* acc, PA a, int am, int ak, PB b, int 
     }
   }
 }
+
+// 16 bytes from global to shared memory without passing through registers (cp.async, sm_80+): the copy runs
+// while the thread goes on; ds_async_commit closes a group, ds_async_wait_all waits for this thread's groups
+// (a barrier then publishes them to the block). valid = false writes zeros and reads nothing. A pointer off
+// 16-byte alignment (an input array's view may start anywhere) takes a plain element-wise copy instead.
+template <typename T>
+__device__ inline void ds_copy16_async(T* dst, const T* src, bool valid) {
+  const unsigned d = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+  if (((reinterpret_cast<unsigned long long>(src) | d) & 15) == 0) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(d), "l"(src), "r"(valid ? 16 : 0)
+                 : "memory");
+  } else {
+    for (int i = 0; i < 16 / static_cast<int>(sizeof(T)); ++i) dst[i] = valid ? src[i] : static_cast<T>(0.0f);
+  }
+}
+__device__ inline void ds_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+__device__ inline void ds_async_wait_all() { asm volatile("cp.async.wait_all;" ::: "memory"); }

@@ -67,3 +67,20 @@ inline void ds_mma_block(Acc acc, PA a, int am, int ak, PB b, int bk, int bn, in
     }
   }
 }
+
+// The CUDA helpers' asynchronous 16-byte copy, done synchronously here (Metal has no cp.async): the data is
+// in threadgroup memory when the call returns; the barrier the body places after ds_async_wait_all publishes
+// it. valid = false writes zeros and reads nothing.
+template <typename D, typename S>
+inline void ds_copy16_async(D dst, S src, bool valid) {
+  constexpr int n = 16 / sizeof(src[0]);
+  for (int i = 0; i < n; ++i) {
+    if (valid) {
+      dst[i] = src[i];
+    } else {
+      dst[i] = 0.0f;
+    }
+  }
+}
+inline void ds_async_commit() {}
+inline void ds_async_wait_all() {}
