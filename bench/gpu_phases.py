@@ -47,21 +47,3 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
-
-
-def decode() -> None:
-    """One decode step of the serial kernel, alone and as 50 independent calls in one evaluation."""
-    backend = gpu.gpu_backend()
-    q = (mx.random.normal((1, 1, H, D)) / 11.3).astype(mx.bfloat16)
-    k = (mx.random.normal((1, 1, H, D)) / 11.3).astype(mx.bfloat16)
-    v = mx.random.normal((1, 1, H, D)).astype(mx.bfloat16)
-    g, beta = -mx.random.uniform(0, 2, (1, 1, H)), mx.random.uniform(0, 1, (1, 1, H))
-    s0 = mx.zeros((1, H, D, D))
-    mx.eval(q, k, v, g, beta, s0)
-    step = lambda: gpu.serial(q, k, v, g, beta, s0, backend=backend)  # noqa: E731
-    print(f"decode: {timed(step, 1) * 1e3:.1f} us per evaluated step, {timed(step, 50) * 1e3:.1f} us per step in "
-          "batches of 50")
-
-
-if __name__ == "__main__" and len(sys.argv) > 2:
-    decode()

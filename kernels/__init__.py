@@ -23,9 +23,14 @@ log = logging.getLogger("deltaserve")
 _warned: set[str] = set()
 
 
+def _backend() -> str | None:
+    """The GPU backend the kernels run on, or None for the MLX-ops path (CPU, or forced by ENV_OPS)."""
+    return None if os.environ.get(ENV_OPS) == "1" else gpu.gpu_backend()
+
+
 def implementation() -> str:
     """What runs the core here: 'metal kernels', 'cuda kernels' or 'mlx ops'."""
-    backend = None if os.environ.get(ENV_OPS) == "1" else gpu.gpu_backend()
+    backend = _backend()
     return f"{backend} kernels" if backend else "mlx ops"
 
 
@@ -50,7 +55,7 @@ def gated_delta(
         raise ValueError(f"unknown GDN method {method!r}; expected one of {METHODS}")
     if q.shape[1] == 0:  # nothing to run (and no zero-sized launch or empty chunk stack)
         return mx.zeros(v.shape, v.dtype), state.astype(mx.float32)
-    backend = None if os.environ.get(ENV_OPS) == "1" else gpu.gpu_backend()
+    backend = _backend()
     reason = backend and gpu.unsupported(q, v, chunk_size if method == "chunked" else None, backend)
     if reason and reason not in _warned:
         _warned.add(reason)

@@ -42,7 +42,7 @@ def gpu_backend() -> str | None:
     return "cuda" if mx.cuda.is_available() else None
 
 
-def unsupported(q: mx.array, v: mx.array, chunk_size: int | None, backend: str = "cuda") -> str | None:
+def unsupported(q: mx.array, v: mx.array, chunk_size: int | None, backend: str) -> str | None:
     """Why the kernels cannot take these shapes (the caller falls back to the ops path), or None."""
     Dk, Dv = q.shape[-1], v.shape[-1]
     if Dk % 32 or Dk > 256:

@@ -59,16 +59,21 @@ CASES = {
 }
 
 
+def nvcc(tmp_path, text: str, *flags: str) -> subprocess.CompletedProcess:
+    """Compile one kernel text for the H100/H200 architecture; returns the finished process."""
+    src = tmp_path / "kernel.cu"
+    src.write_text(text)
+    cmd = ["nvcc", "-std=c++17", "-arch=sm_90", *flags, "-c", str(src), "-o", str(tmp_path / "kernel.o")]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+
+
 @pytest.mark.parametrize("case", list(CASES))
 def test_cuda_form_compiles(case, tmp_path):
     body, dtype, template = CASES[case]
     fp32 = {"g", "beta", "w", "u", "p", "gc", "hs", "r", "state_in", "state_out"}
     types = {n: "float32" if n in fp32 else dtype
              for n in gpu.BODIES[body][0] + gpu.BODIES[body][1]}
-    src = tmp_path / f"{body}.cu"
-    src.write_text(cuda_text(body, types, types, template))
-    cmd = ["nvcc", "-std=c++17", "-arch=sm_90", "-c", str(src), "-o", str(tmp_path / f"{body}.o")]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    r = nvcc(tmp_path, cuda_text(body, types, types, template))
     assert r.returncode == 0, r.stderr[-4000:]
 
 
@@ -81,10 +86,7 @@ def test_state_pass_staging_plan_matches_the_compiled_shared_memory(dk, backend,
     template = dict(KT="float32", C=64, DK=dk, DV=128, HK=16, HV=16, TV=gpu.STATE_TILE, WS=ws, KR=kr,
                     NT=gpu.STATE_THREADS)
     types = dict.fromkeys(gpu.BODIES["chunk_state"][0] + gpu.BODIES["chunk_state"][1], "float32")
-    src = tmp_path / "state.cu"
-    src.write_text(cuda_text("chunk_state", types, types, template))
-    cmd = ["nvcc", "-std=c++17", "-arch=sm_90", "-Xptxas", "-v", "-c", str(src), "-o", str(tmp_path / "state.o")]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    r = nvcc(tmp_path, cuda_text("chunk_state", types, types, template), "-Xptxas", "-v")
     assert r.returncode == 0, r.stderr[-4000:]
     smem = int(re.search(r"(\d+) bytes smem", r.stderr).group(1))
     assert smem == gpu._state_bytes(64, dk, ws, kr, 4)
