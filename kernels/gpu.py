@@ -23,6 +23,7 @@ STATE_TILE = 16  # DV columns per threadgroup in the sequential state pass
 SERIAL_ROWS = 4  # state rows per 32-thread group in the serial kernel (they share the q / k loads)
 SMEM_BYTES = {"cuda": 48 * 1024, "metal": 32 * 1024}  # static shared / threadgroup memory per group
 SLICE = {"cuda": 32, "metal": 16}  # operand columns staged per step (Metal: 32 KB of threadgroup memory)
+HALF = (mx.bfloat16, mx.float16)  # 16-bit inputs: exact in TF32 (one tensor-core product, no split)
 GPU_CHUNK_SIZES = (16, 32, 64)  # T (C x C fp32) must fit threadgroup memory next to the operand slices
 BODIES = {
     "chunk_prep": (("q", "k", "v", "g", "beta"), ("w", "u", "p", "gc")),
@@ -51,8 +52,8 @@ def unsupported(q: mx.array, v: mx.array, chunk_size: int | None, backend: str) 
     if chunk_size is not None and chunk_size not in GPU_CHUNK_SIZES:
         return f"chunk size {chunk_size} (GPU kernels take {GPU_CHUNK_SIZES})"
     if chunk_size is not None:
-        ws, kr = state_staging(backend, chunk_size, Dk, Dv)
-        if _state_bytes(chunk_size, Dk, ws, kr) > SMEM_BYTES[backend]:
+        ws, kr = state_staging(backend, chunk_size, Dk, Dv, q.dtype.size)
+        if _state_bytes(chunk_size, Dk, ws, kr, q.dtype.size) > SMEM_BYTES[backend]:
             return f"Dk={Dk} with chunk size {chunk_size} ({backend} threadgroup memory)"
     return None
 
@@ -82,18 +83,25 @@ def _slice(backend: str, C: int, Dk: int, Dv: int) -> int:
     return ks if Dk % ks == 0 and Dv % ks == 0 else 16
 
 
-def _state_bytes(C: int, Dk: int, ws: int, kr: int) -> int:
-    """Threadgroup memory of the state pass (gdn_chunk_state.body): S, R, kdec and the W / K~ staging buffer."""
-    return 4 * (max(C * (ws + 1), kr * (Dk + 1)) + Dk * STATE_TILE + C * STATE_TILE + C)
+STATE_BUFFERS = 2  # the state pass's operand buffers (experiment branch: 1 for the single-buffer bodies)
 
 
-def state_staging(backend: str, C: int, Dk: int, Dv: int) -> tuple[int, int]:
-    """(W columns, K~ rows) staged per round in the state pass: on CUDA a whole chunk when it fits (each round
-    costs a global-memory latency on this sequential path), else the backend's slice, else 16."""
-    plans = [(Dk, C)] if backend == "cuda" else []
-    plans += [(ks, ks) for ks in dict.fromkeys((_slice(backend, C, Dk, Dv), 16))]
-    fits = [p for p in plans if _state_bytes(C, Dk, *p) <= SMEM_BYTES[backend]]
-    return (fits or plans)[0]
+def _state_bytes(C: int, Dk: int, ws: int, kr: int, key_bytes: int = 2) -> int:
+    """Threadgroup memory of the state pass (gdn_chunk_state.body): S, kdec R, and the double-buffered W
+    and key rounds (rows padded to keep 16-byte alignment)."""
+    if STATE_BUFFERS == 1:  # S, R, kdec and one W / K~ staging buffer
+        return 4 * (max(C * (ws + 1), kr * (Dk + 1)) + Dk * STATE_TILE + C * STATE_TILE + C)
+    return 4 * (Dk * STATE_TILE + C * STATE_TILE) + 2 * 4 * C * (ws + 4) + 2 * key_bytes * kr * (Dk + 8)
+
+
+def state_staging(backend: str, C: int, Dk: int, Dv: int, key_bytes: int = 2) -> tuple[int, int]:
+    """(W columns, key rows) per round of the state pass: the fewest rounds (each costs a barrier on this
+    sequential path) whose double buffers fit the backend's threadgroup memory."""
+    plans = [(ws, kr) for ws in (Dk, 64, 32, 16, 8) if Dk % ws == 0 and ws <= Dk
+             for kr in (C, 32, 16, 8) if C % kr == 0 and kr <= C]
+    plans.sort(key=lambda p: (Dk // p[0] + C // p[1], -p[0]))
+    fits = [p for p in plans if _state_bytes(C, Dk, *p, key_bytes) <= SMEM_BYTES[backend]]
+    return (fits or plans[-1:])[0]
 
 
 def chunked(q, k, v, g, beta, state, *, chunk_size: int, backend: str, verbose: bool = False):
@@ -116,7 +124,6 @@ class ChunkPlan:
         self.C, self.N, self.BH = chunk_size, -(-T // chunk_size), B * Hv
         self.ks = _slice(backend, chunk_size, Dk, Dv)
         self.to = 64 if Dv % 64 == 0 else STATE_TILE  # output columns per threadgroup
-        self.ws, self.kr = state_staging(backend, chunk_size, Dk, Dv)
         self.sizes = _sizes(q, v)
 
     def _call(self, body: str, inputs, shapes, dtypes, grid, threads, template):
@@ -129,23 +136,27 @@ class ChunkPlan:
             "chunk_prep", [q, k, v, g.astype(mx.float32), beta.astype(mx.float32)],
             [(BH, N, C, Dk), (BH, N, C, Dv), (BH, N, C, C), (BH, N, C)], [mx.float32] * 4,
             (N * PREP_THREADS, BH, 1), PREP_THREADS,
-            [("C", C), *self.sizes, ("KS", self.ks), ("NT", PREP_THREADS)],
+            [("IX", q.dtype in HALF and k.dtype in HALF), ("C", C), *self.sizes, ("KS", self.ks),
+             ("NT", PREP_THREADS)],
         )
 
     def states(self, k, w, u, gc, state):
         C, N, BH, Dk, Dv = self.C, self.N, self.BH, self.Dk, self.Dv
+        ws, kr = state_staging(self.backend, C, Dk, Dv, k.dtype.size)
         return self._call(
             "chunk_state", [k, w, u, gc, state.astype(mx.float32)],
             [(BH, N, Dk, Dv), (BH, N, C, Dv), (self.B, self.Hv, Dv, Dk)], [mx.float32] * 3,
             (Dv // STATE_TILE * STATE_THREADS, BH, 1), STATE_THREADS,
-            [("C", C), *self.sizes, ("TV", STATE_TILE), ("WS", self.ws), ("KR", self.kr), ("NT", STATE_THREADS)],
+            [("KT", k.dtype), ("C", C), *self.sizes, ("TV", STATE_TILE), ("WS", ws), ("KR", kr),
+             ("NT", STATE_THREADS)],
         )
 
     def outputs(self, q, hs, r, p, gc, dtype):
         (out,) = self._call(
             "chunk_out", [q, hs, r, p, gc], [self.shape_v], [dtype],
             (self.N * OUT_THREADS, self.Dv // self.to, self.BH), OUT_THREADS,
-            [("OutT", dtype), ("C", self.C), *self.sizes, ("TO", self.to), ("KS", self.ks), ("NT", OUT_THREADS)],
+            [("OutT", dtype), ("QX", q.dtype in HALF), ("C", self.C), *self.sizes,
+             ("TO", self.to), ("KS", self.ks), ("NT", OUT_THREADS)],
         )
         return out
 

@@ -14,3 +14,115 @@ __device__ inline float ds_warp_sum(float x) {
   }
   return x;
 }
+
+// 16 raw bytes loaded from global memory and held in registers until used: a prefetch that costs one
+// instruction and no wait (the consumer unpacks it with ds_unpack16). p must be 16-byte aligned.
+struct ds_raw16 {
+  unsigned x, y, z, w;
+};
+template <typename T>
+__device__ inline ds_raw16 ds_load16(const T* p) {
+  const uint4 v = *reinterpret_cast<const uint4*>(p);
+  return {v.x, v.y, v.z, v.w};
+}
+// The 16 / sizeof(T) values of a ds_raw16 as floats (T picks the element type; the pointer is not read).
+__device__ inline void ds_unpack16(const ds_raw16& v, const float*, float* out) {
+  out[0] = __uint_as_float(v.x);
+  out[1] = __uint_as_float(v.y);
+  out[2] = __uint_as_float(v.z);
+  out[3] = __uint_as_float(v.w);
+}
+__device__ inline void ds_unpack16(const ds_raw16& v, const __nv_bfloat16*, float* out) {
+  const unsigned u[4] = {v.x, v.y, v.z, v.w};
+  for (int i = 0; i < 4; ++i) {  // little-endian: element 2i is the low half
+    out[2 * i] = __uint_as_float(u[i] << 16);
+    out[2 * i + 1] = __uint_as_float(u[i] & 0xffff0000u);
+  }
+}
+__device__ inline void ds_unpack16(const ds_raw16& v, const __half*, float* out) {
+  const unsigned u[4] = {v.x, v.y, v.z, v.w};
+  for (int i = 0; i < 4; ++i) {
+    out[2 * i] = __half2float(__ushort_as_half(static_cast<unsigned short>(u[i] & 0xffffu)));
+    out[2 * i + 1] = __half2float(__ushort_as_half(static_cast<unsigned short>(u[i] >> 16)));
+  }
+}
+
+// x = hi + lo with hi, lo TF32 (round to nearest): the 3xTF32 split that keeps fp32 accuracy on tensor cores.
+__device__ inline void ds_split_tf32(float x, unsigned& hi, unsigned& lo) {
+  asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(hi) : "f"(x));
+  asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(lo) : "f"(x - __uint_as_float(hi)));
+}
+
+__device__ inline void ds_mma_tf32(float* c, const unsigned* a, const unsigned* b) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+// One warp, one k-step of 8: acc (MT x NB tiles of 16 x 8, fp32) += A (16 MT x 8) B (8 x 8 NB), with
+// A(m, k) = a[m * am + k * ak], B(k, n) = b[k * bk + n * bn] in shared memory. acc[(mt * NB + nb) * 4 + e] holds,
+// for lane 4 g + t, C(16 mt + g + 8 (e / 2), 8 nb + 2 t + e % 2): PTX's m16n8k8 layout, which the Metal helper
+// of the same name reproduces. Tensor cores with the 3xTF32 split (fp32-level accuracy; the lo x lo term,
+// ~2^-22 relative, is dropped), each fragment split once and reused by MT x NB tiles. AEXACT / BEXACT: that
+// operand holds bf16 / fp16 values, exact in TF32, so its lo part is zero: 2 products per tile, or 1 if both.
+template <int MT, int NB, bool AEXACT, bool BEXACT, typename PA, typename PB>
+__device__ inline void ds_mma_block(float* acc, PA a, int am, int ak, PB b, int bk, int bn, int lane) {
+  const int g = lane >> 2;
+  const int t = lane & 3;
+  unsigned ah[MT][4], al[MT][4], bh[NB][2], bl[NB][2];
+#pragma unroll
+  for (int m = 0; m < MT; ++m) {
+    const float v[4] = {a[(16 * m + g) * am + t * ak], a[(16 * m + g + 8) * am + t * ak],
+                        a[(16 * m + g) * am + (t + 4) * ak], a[(16 * m + g + 8) * am + (t + 4) * ak]};
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      if (AEXACT) {
+        ah[m][e] = __float_as_uint(v[e]);
+        al[m][e] = 0u;
+      } else {
+        ds_split_tf32(v[e], ah[m][e], al[m][e]);
+      }
+    }
+  }
+#pragma unroll
+  for (int n = 0; n < NB; ++n) {
+    const float v[2] = {b[t * bk + (8 * n + g) * bn], b[(t + 4) * bk + (8 * n + g) * bn]};
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      if (BEXACT) {
+        bh[n][e] = __float_as_uint(v[e]);
+        bl[n][e] = 0u;
+      } else {
+        ds_split_tf32(v[e], bh[n][e], bl[n][e]);
+      }
+    }
+  }
+#pragma unroll
+  for (int m = 0; m < MT; ++m) {
+#pragma unroll
+    for (int n = 0; n < NB; ++n) {
+      float* c = acc + (m * NB + n) * 4;
+      if (!AEXACT) ds_mma_tf32(c, al[m], bh[n]);  // small terms first
+      if (!BEXACT) ds_mma_tf32(c, ah[m], bl[n]);
+      ds_mma_tf32(c, ah[m], bh[n]);
+    }
+  }
+}
+
+// 16 bytes from global to shared memory without passing through registers (cp.async, sm_80+): the copy runs
+// while the thread goes on; ds_async_commit closes a group, ds_async_wait_all waits for this thread's groups
+// (a barrier then publishes them to the block). valid = false writes zeros and reads nothing. A pointer off
+// 16-byte alignment (an input array's view may start anywhere) takes a plain element-wise copy instead.
+template <typename T>
+__device__ inline void ds_copy16_async(T* dst, const T* src, bool valid) {
+  const unsigned d = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+  if (((reinterpret_cast<unsigned long long>(src) | d) & 15) == 0) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(d), "l"(src), "r"(valid ? 16 : 0)
+                 : "memory");
+  } else {
+    for (int i = 0; i < 16 / static_cast<int>(sizeof(T)); ++i) dst[i] = valid ? src[i] : static_cast<T>(0.0f);
+  }
+}
+__device__ inline void ds_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+__device__ inline void ds_async_wait_all() { asm volatile("cp.async.wait_all;" ::: "memory"); }

@@ -38,19 +38,22 @@ def cuda_text(body: str, in_types: dict[str, str], out_types: dict[str, str], te
         if f"{n}_shape" in source:
             params.append(f"    const __grid_constant__ Shape {n}_shape")
     params += [f"    {CUDA_TYPES[out_types[n]]}* {n}" for n in outputs]
-    consts = [f"  using {k} = {CUDA_TYPES[v]};" if isinstance(v, str) else f"  constexpr int {k} = {v};"
-              for k, v in template.items()]
+    consts = [f"  using {k} = {CUDA_TYPES[v]};" if isinstance(v, str)
+              else f"  constexpr bool {k} = {str(v).lower()};" if isinstance(v, bool)
+              else f"  constexpr int {k} = {v};" for k, v in template.items()]
     return (STUB + gpu.read_source("helpers_cuda.h") + "namespace mlx::core::cu {\n"
             + f"__global__ void custom_kernel_{body}(\n" + ",\n".join(params) + ") {\n" + "\n".join(consts) + "\n"
             + gpu.read_source("prelude_cuda.h") + source + "\n}\n}\n")
 
 
 SIZES = dict(DK=128, DV=128, HK=16, HV=16)
+STAGING = dict(zip(("WS", "KR"), gpu.state_staging("cuda", 64, 128, 128), strict=True))  # bf16 keys
 CASES = {
-    "chunk_prep-bf16": ("chunk_prep", "bfloat16", dict(C=64, **SIZES, KS=gpu.SLICE["cuda"], NT=gpu.PREP_THREADS)),
-    "chunk_state-bf16": ("chunk_state", "bfloat16", dict(C=64, **SIZES, TV=16, WS=128, KR=64,
+    "chunk_prep-bf16": ("chunk_prep", "bfloat16", dict(IX=True, C=64, **SIZES, KS=gpu.SLICE["cuda"],
+                                                       NT=gpu.PREP_THREADS)),
+    "chunk_state-bf16": ("chunk_state", "bfloat16", dict(KT="bfloat16", C=64, **SIZES, TV=16, **STAGING,
                                                          NT=gpu.STATE_THREADS)),
-    "chunk_out-bf16": ("chunk_out", "bfloat16", dict(OutT="bfloat16", C=64, **SIZES, TO=64, KS=32,
+    "chunk_out-bf16": ("chunk_out", "bfloat16", dict(OutT="bfloat16", QX=True, C=64, **SIZES, TO=64, KS=32,
                                                      NT=gpu.OUT_THREADS)),
     "serial-fp32": ("serial", "float32", dict(OutT="float32", **SIZES, RPW=gpu.SERIAL_ROWS)),
 }
@@ -79,13 +82,14 @@ def test_cuda_form_compiles(case, tmp_path):
 def test_state_pass_staging_plan_matches_the_compiled_shared_memory(dk, backend, tmp_path):
     """The plan `unsupported` and the launch rely on: ptxas's own shared-memory count of the state pass equals
     the byte count the plan is checked with, for CUDA's and Metal's plans (the body is the same)."""
-    ws, kr = gpu.state_staging(backend, 64, dk, 128)
-    template = dict(C=64, DK=dk, DV=128, HK=16, HV=16, TV=gpu.STATE_TILE, WS=ws, KR=kr, NT=gpu.STATE_THREADS)
+    ws, kr = gpu.state_staging(backend, 64, dk, 128, 4)  # fp32 keys (KT = float32 below)
+    template = dict(KT="float32", C=64, DK=dk, DV=128, HK=16, HV=16, TV=gpu.STATE_TILE, WS=ws, KR=kr,
+                    NT=gpu.STATE_THREADS)
     types = dict.fromkeys(gpu.BODIES["chunk_state"][0] + gpu.BODIES["chunk_state"][1], "float32")
     r = nvcc(tmp_path, cuda_text("chunk_state", types, types, template), "-Xptxas", "-v")
     assert r.returncode == 0, r.stderr[-4000:]
     smem = int(re.search(r"(\d+) bytes smem", r.stderr).group(1))
-    assert smem == gpu._state_bytes(64, dk, ws, kr)
+    assert smem == gpu._state_bytes(64, dk, ws, kr, 4)
     fits = smem <= gpu.SMEM_BYTES[backend]
     q, v = mx.zeros((1, 1, 1, dk)), mx.zeros((1, 1, 1, 128))
     assert (gpu.unsupported(q, v, 64, backend) is None) == fits

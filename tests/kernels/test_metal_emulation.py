@@ -99,8 +99,8 @@ def test_thread_sanitizer_is_silent_on_the_real_kernels(sources, case, tmp_path,
 
 
 def test_removing_one_barrier_is_caught(sources, case, tmp_path, chunk):
-    """Drop the barrier that publishes a staged W slice before it is read: ThreadSanitizer reports it."""
-    marker = "DS_SYNC();  // W slice staged"
+    """Drop the barrier that publishes a staged round before it is read: ThreadSanitizer reports it."""
+    marker = "DS_SYNC();  // round jj is in for everyone"
     assert sources["chunk_state"].count(marker) == 1
     broken = sources["chunk_state"].replace(marker, "// barrier removed by the test")
     _, _, runs = run_chunked(sources, case, tmp_path, chunk, sanitize=True, broken={"chunk_state": broken})

@@ -30,6 +30,20 @@ struct bfloat16_t {
   }
 };
 using float16_t = _Float16;
+using half = _Float16;
+struct half2 {
+  half x, y;
+};
+struct uint4 {
+  unsigned x, y, z, w;
+};
+template <typename T, typename U>
+inline T as_type(const U& u) {  // Metal's bit cast
+  static_assert(sizeof(T) == sizeof(U));
+  T t;
+  std::memcpy(&t, &u, sizeof(T));
+  return t;
+}
 
 namespace metal {
 using std::exp;
