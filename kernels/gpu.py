@@ -83,14 +83,9 @@ def _slice(backend: str, C: int, Dk: int, Dv: int) -> int:
     return ks if Dk % ks == 0 and Dv % ks == 0 else 16
 
 
-STATE_BUFFERS = 2  # the state pass's operand buffers (experiment branch: 1 for the single-buffer bodies)
-
-
 def _state_bytes(C: int, Dk: int, ws: int, kr: int, key_bytes: int = 2) -> int:
     """Threadgroup memory of the state pass (gdn_chunk_state.body): S, kdec R, and the double-buffered W
     and key rounds (rows padded to keep 16-byte alignment)."""
-    if STATE_BUFFERS == 1:  # S, R, kdec and one W / K~ staging buffer
-        return 4 * (max(C * (ws + 1), kr * (Dk + 1)) + Dk * STATE_TILE + C * STATE_TILE + C)
     return 4 * (Dk * STATE_TILE + C * STATE_TILE) + 2 * 4 * C * (ws + 4) + 2 * key_bytes * kr * (Dk + 8)
 
 
