@@ -5,6 +5,7 @@ Usage: python bench/gpu_phases.py [T,T,...]
 
 from __future__ import annotations
 
+import statistics
 import sys
 import time
 
@@ -15,13 +16,17 @@ from kernels import gpu
 H, D = 16, 128
 
 
-def timed(fn, reps: int = 20) -> float:
+def timed(fn, reps: int = 20, samples: int = 5) -> float:
+    """Median ms per call over `samples` batches of `reps` back-to-back calls (this card's clocks vary)."""
     mx.eval(fn())
     mx.synchronize()
-    t0 = time.perf_counter()
-    mx.eval([fn() for _ in range(reps)])
-    mx.synchronize()
-    return (time.perf_counter() - t0) / reps * 1e3
+    times = []
+    for _ in range(samples):
+        t0 = time.perf_counter()
+        mx.eval([fn() for _ in range(reps)])
+        mx.synchronize()
+        times.append((time.perf_counter() - t0) / reps * 1e3)
+    return statistics.median(times)
 
 
 def main() -> None:

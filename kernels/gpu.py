@@ -12,6 +12,7 @@ no GPU.
 from __future__ import annotations
 
 import functools
+import os
 from importlib import resources
 
 import mlx.core as mx
@@ -52,10 +53,18 @@ def unsupported(q: mx.array, v: mx.array, chunk_size: int | None, backend: str) 
     if chunk_size is not None and chunk_size not in GPU_CHUNK_SIZES:
         return f"chunk size {chunk_size} (GPU kernels take {GPU_CHUNK_SIZES})"
     if chunk_size is not None:
-        ws, kr = state_staging(backend, chunk_size, Dk, Dv, q.dtype.size)
-        if _state_bytes(chunk_size, Dk, ws, kr, q.dtype.size) > SMEM_BYTES[backend]:
+        plan = state_staging(backend, chunk_size, Dk, Dv, q.dtype.size)
+        if _state_bytes(chunk_size, Dk, *plan, q.dtype.size) > SMEM_BYTES[backend]:
             return f"Dk={Dk} with chunk size {chunk_size} ({backend} threadgroup memory)"
     return None
+
+
+def tf32(backend: str, *arrays: mx.array) -> bool:
+    """Whether the chunked kernels' products run in plain TF32 on tensor cores: on CUDA, for 16-bit inputs
+    (their outputs are rounded to 8 or 11 bits anyway), unless MLX_ENABLE_TF32=0 — the switch that also keeps
+    MLX's own fp32 matmuls off TF32, and that the numerics gates set. Otherwise 3xTF32: fp32-level products."""
+    enabled = os.environ.get("MLX_ENABLE_TF32", "1").strip().lower() not in ("0", "false", "off", "no")
+    return backend == "cuda" and enabled and all(a.dtype in HALF for a in arrays)
 
 
 def read_source(name: str) -> str:
@@ -83,20 +92,38 @@ def _slice(backend: str, C: int, Dk: int, Dv: int) -> int:
     return ks if Dk % ks == 0 and Dv % ks == 0 else 16
 
 
-def _state_bytes(C: int, Dk: int, ws: int, kr: int, key_bytes: int = 2) -> int:
-    """Threadgroup memory of the state pass (gdn_chunk_state.body): S, kdec R, and the double-buffered W
-    and key rounds (rows padded to keep 16-byte alignment)."""
-    return 4 * (Dk * STATE_TILE + C * STATE_TILE) + 2 * 4 * C * (ws + 4) + 2 * key_bytes * kr * (Dk + 8)
+def _slot_floats(C: int, Dk: int, ws: int, kr: int, key_bytes: int) -> int:
+    """One round slot of the state pass: WS columns of W (C rows, pitch WS + 4) or KR rows of keys (pitch
+    Dk + 8), in floats; both pitches keep rows 16-byte aligned."""
+    return max(C * (ws + 4), kr * (Dk + 8) * key_bytes // 4)
 
 
-def state_staging(backend: str, C: int, Dk: int, Dv: int, key_bytes: int = 2) -> tuple[int, int]:
-    """(W columns, key rows) per round of the state pass: the fewest rounds (each costs a barrier on this
-    sequential path) whose double buffers fit the backend's threadgroup memory."""
-    plans = [(ws, kr) for ws in (Dk, 64, 32, 16, 8) if Dk % ws == 0 and ws <= Dk
-             for kr in (C, 32, 16, 8) if C % kr == 0 and kr <= C]
-    plans.sort(key=lambda p: (Dk // p[0] + C // p[1], -p[0]))
-    fits = [p for p in plans if _state_bytes(C, Dk, *p, key_bytes) <= SMEM_BYTES[backend]]
-    return (fits or plans[-1:])[0]
+def _state_bytes(C: int, Dk: int, ws: int, kr: int, pad: int, nbuf: int, key_bytes: int = 2) -> int:
+    """Threadgroup memory of the state pass (gdn_chunk_state.body): S and kdec R (rows padded by `pad` floats
+    against bank conflicts) and the ring of `nbuf` round slots."""
+    return 4 * (Dk + C) * (STATE_TILE + pad) + 4 * nbuf * _slot_floats(C, Dk, ws, kr, key_bytes)
+
+
+def state_staging(backend: str, C: int, Dk: int, Dv: int, key_bytes: int = 2) -> tuple[int, int, int, int]:
+    """(W columns, key rows, S row padding, ring slots) of the state pass within the backend's threadgroup
+    memory. The ring hides global-memory latency by running NBUF - 1 rounds ahead and each round costs a
+    barrier on this sequential path, so: a ring of at least 3 (with 2, one round ahead, the latency shows every
+    round), then the fewest rounds per chunk, then padding, then the deeper ring (up to 4). (H200, 16384 tokens,
+    bf16, Dk = 128: (32, 32, 8, 3) 0.70 ms; (32, 32, 0, 4) 0.83; (64, 64, 0, 2) 0.66-0.99; (16, 16, 8, 4) 0.90.)
+    Metal copies synchronously (no cp.async), so there only the fewest rounds count: a ring of 2."""
+    plans = []
+    for ws in (w for w in (Dk, 64, 32, 16, 8) if w <= Dk and Dk % w == 0):
+        for kr in (r for r in (C, 32, 16, 8) if r <= C and C % r == 0):
+            for pad in (8, 0):
+                free = SMEM_BYTES[backend] - 4 * (Dk + C) * (STATE_TILE + pad)
+                nbuf = min(4, free // (4 * _slot_floats(C, Dk, ws, kr, key_bytes)))
+                rounds = Dk // ws + C // kr
+                if backend == "metal":
+                    nbuf = 2
+                plans.append((nbuf < 3 and backend == "cuda", rounds, -pad, -nbuf, (ws, kr, pad, max(nbuf, 2))))
+    plans.sort()
+    fits = [p[-1] for p in plans if _state_bytes(C, Dk, *p[-1], key_bytes) <= SMEM_BYTES[backend]]
+    return fits[0] if fits else min((p[-1] for p in plans), key=lambda p: _state_bytes(C, Dk, *p, key_bytes))
 
 
 def chunked(q, k, v, g, beta, state, *, chunk_size: int, backend: str, verbose: bool = False):
@@ -120,6 +147,7 @@ class ChunkPlan:
         self.ks = _slice(backend, chunk_size, Dk, Dv)
         self.to = 64 if Dv % 64 == 0 else STATE_TILE  # output columns per threadgroup
         self.sizes = _sizes(q, v)
+        self.tf = ("TF", tf32(backend, q, v))
 
     def _call(self, body: str, inputs, shapes, dtypes, grid, threads, template):
         return kernel(self.backend, body)(inputs=inputs, output_shapes=shapes, output_dtypes=dtypes, grid=grid,
@@ -131,18 +159,20 @@ class ChunkPlan:
             "chunk_prep", [q, k, v, g.astype(mx.float32), beta.astype(mx.float32)],
             [(BH, N, C, Dk), (BH, N, C, Dv), (BH, N, C, C), (BH, N, C)], [mx.float32] * 4,
             (N * PREP_THREADS, BH, 1), PREP_THREADS,
-            [("IX", q.dtype in HALF and k.dtype in HALF), ("C", C), *self.sizes, ("KS", self.ks),
+            [("IX", q.dtype in HALF and k.dtype in HALF), ("KT", k.dtype), ("VT", v.dtype), ("KX", k.dtype in HALF),
+             ("VX", v.dtype in HALF), self.tf, ("C", C), *self.sizes, ("KS", self.ks),
              ("NT", PREP_THREADS)],
         )
 
     def states(self, k, w, u, gc, state):
         C, N, BH, Dk, Dv = self.C, self.N, self.BH, self.Dk, self.Dv
-        ws, kr = state_staging(self.backend, C, Dk, Dv, k.dtype.size)
+        ws, kr, pad, nbuf = state_staging(self.backend, C, Dk, Dv, k.dtype.size)
         return self._call(
             "chunk_state", [k, w, u, gc, state.astype(mx.float32)],
             [(BH, N, Dk, Dv), (BH, N, C, Dv), (self.B, self.Hv, Dv, Dk)], [mx.float32] * 3,
             (Dv // STATE_TILE * STATE_THREADS, BH, 1), STATE_THREADS,
-            [("KT", k.dtype), ("C", C), *self.sizes, ("TV", STATE_TILE), ("WS", ws), ("KR", kr),
+            [("KT", k.dtype), ("KX", k.dtype in HALF), self.tf, ("C", C), *self.sizes, ("TV", STATE_TILE),
+             ("WS", ws), ("KR", kr), ("SPAD", pad), ("NBUF", nbuf),
              ("NT", STATE_THREADS)],
         )
 
@@ -150,7 +180,7 @@ class ChunkPlan:
         (out,) = self._call(
             "chunk_out", [q, hs, r, p, gc], [self.shape_v], [dtype],
             (self.N * OUT_THREADS, self.Dv // self.to, self.BH), OUT_THREADS,
-            [("OutT", dtype), ("QX", q.dtype in HALF), ("C", self.C), *self.sizes,
+            [("OutT", dtype), ("QT", q.dtype), ("QX", q.dtype in HALF), self.tf, ("C", self.C), *self.sizes,
              ("TO", self.to), ("KS", self.ks), ("NT", OUT_THREADS)],
         )
         return out

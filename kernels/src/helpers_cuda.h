@@ -66,19 +66,26 @@ __device__ inline void ds_mma_tf32(float* c, const unsigned* a, const unsigned* 
 // of the same name reproduces. Tensor cores with the 3xTF32 split (fp32-level accuracy; the lo x lo term,
 // ~2^-22 relative, is dropped), each fragment split once and reused by MT x NB tiles. AEXACT / BEXACT: that
 // operand holds bf16 / fp16 values, exact in TF32, so its lo part is zero: 2 products per tile, or 1 if both.
-template <int MT, int NB, bool AEXACT, bool BEXACT, typename PA, typename PB>
+// FAST: plain TF32 (operands rounded to 10 mantissa bits, fp32 accumulation: what MLX's own fp32 matmuls do
+// on CUDA unless MLX_ENABLE_TF32=0): one product per tile.
+template <int MT, int NB, bool AEXACT, bool BEXACT, bool FAST = false, typename PA, typename PB>
 __device__ inline void ds_mma_block(float* acc, PA a, int am, int ak, PB b, int bk, int bn, int lane) {
   const int g = lane >> 2;
   const int t = lane & 3;
   unsigned ah[MT][4], al[MT][4], bh[NB][2], bl[NB][2];
 #pragma unroll
   for (int m = 0; m < MT; ++m) {
-    const float v[4] = {a[(16 * m + g) * am + t * ak], a[(16 * m + g + 8) * am + t * ak],
-                        a[(16 * m + g) * am + (t + 4) * ak], a[(16 * m + g + 8) * am + (t + 4) * ak]};
+    const float v[4] = {static_cast<float>(a[(16 * m + g) * am + t * ak]),
+                        static_cast<float>(a[(16 * m + g + 8) * am + t * ak]),
+                        static_cast<float>(a[(16 * m + g) * am + (t + 4) * ak]),
+                        static_cast<float>(a[(16 * m + g + 8) * am + (t + 4) * ak])};
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
       if (AEXACT) {
         ah[m][e] = __float_as_uint(v[e]);
+        al[m][e] = 0u;
+      } else if (FAST) {
+        asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(ah[m][e]) : "f"(v[e]));
         al[m][e] = 0u;
       } else {
         ds_split_tf32(v[e], ah[m][e], al[m][e]);
@@ -87,11 +94,15 @@ __device__ inline void ds_mma_block(float* acc, PA a, int am, int ak, PB b, int 
   }
 #pragma unroll
   for (int n = 0; n < NB; ++n) {
-    const float v[2] = {b[t * bk + (8 * n + g) * bn], b[(t + 4) * bk + (8 * n + g) * bn]};
+    const float v[2] = {static_cast<float>(b[t * bk + (8 * n + g) * bn]),
+                        static_cast<float>(b[(t + 4) * bk + (8 * n + g) * bn])};
 #pragma unroll
     for (int e = 0; e < 2; ++e) {
       if (BEXACT) {
         bh[n][e] = __float_as_uint(v[e]);
+        bl[n][e] = 0u;
+      } else if (FAST) {
+        asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(bh[n][e]) : "f"(v[e]));
         bl[n][e] = 0u;
       } else {
         ds_split_tf32(v[e], bh[n][e], bl[n][e]);
@@ -103,8 +114,8 @@ __device__ inline void ds_mma_block(float* acc, PA a, int am, int ak, PB b, int 
 #pragma unroll
     for (int n = 0; n < NB; ++n) {
       float* c = acc + (m * NB + n) * 4;
-      if (!AEXACT) ds_mma_tf32(c, al[m], bh[n]);  // small terms first
-      if (!BEXACT) ds_mma_tf32(c, ah[m], bl[n]);
+      if (!AEXACT && !FAST) ds_mma_tf32(c, al[m], bh[n]);  // small terms first
+      if (!BEXACT && !FAST) ds_mma_tf32(c, ah[m], bl[n]);
       ds_mma_tf32(c, ah[m], bh[n]);
     }
   }
@@ -126,3 +137,6 @@ __device__ inline void ds_copy16_async(T* dst, const T* src, bool valid) {
 }
 __device__ inline void ds_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
 __device__ inline void ds_async_wait_all() { asm volatile("cp.async.wait_all;" ::: "memory"); }
+// Wait until at most N of this thread's committed groups are still in flight (the older ones are complete).
+template <int N>
+__device__ inline void ds_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory"); }

@@ -40,9 +40,9 @@ inline void ds_unpack16(thread const ds_raw16& v, const device half*, thread flo
 // One SIMD group, one k-step of 8: acc (MT x NB tiles of 16 x 8, fp32) += A (16 MT x 8) B (8 x 8 NB), with
 // A(m, k) = a[m * am + k * ak], B(k, n) = b[k * bk + n * bn] in threadgroup memory. acc[(mt * NB + nb) * 4 + e]
 // holds, for lane 4 g + t, C(16 mt + g + 8 (e / 2), 8 nb + 2 t + e % 2): the layout of the CUDA helper (PTX
-// m16n8k8), computed here with plain FMAs, k in order (AEXACT / BEXACT only matter to the CUDA form).
+// m16n8k8), computed here with plain FMAs, k in order (AEXACT / BEXACT / FAST only matter to the CUDA form).
 // (simdgroup_matrix would be the Metal tensor path; it needs a Mac to validate, so it is not used yet.)
-template <int MT, int NB, bool AEXACT, bool BEXACT, typename Acc, typename PA, typename PB>
+template <int MT, int NB, bool AEXACT, bool BEXACT, bool FAST = false, typename Acc, typename PA, typename PB>
 inline void ds_mma_block(Acc acc, PA a, int am, int ak, PB b, int bk, int bn, int lane) {
   const int g = lane >> 2;
   const int t = lane & 3;
@@ -50,12 +50,12 @@ inline void ds_mma_block(Acc acc, PA a, int am, int ak, PB b, int bk, int bn, in
     float av[MT][2];
     float bv[NB][2];
     for (int m = 0; m < MT; ++m) {
-      av[m][0] = a[(16 * m + g) * am + k * ak];
-      av[m][1] = a[(16 * m + g + 8) * am + k * ak];
+      av[m][0] = static_cast<float>(a[(16 * m + g) * am + k * ak]);
+      av[m][1] = static_cast<float>(a[(16 * m + g + 8) * am + k * ak]);
     }
     for (int n = 0; n < NB; ++n) {
-      bv[n][0] = b[k * bk + (8 * n + 2 * t) * bn];
-      bv[n][1] = b[k * bk + (8 * n + 2 * t + 1) * bn];
+      bv[n][0] = static_cast<float>(b[k * bk + (8 * n + 2 * t) * bn]);
+      bv[n][1] = static_cast<float>(b[k * bk + (8 * n + 2 * t + 1) * bn]);
     }
     for (int m = 0; m < MT; ++m) {
       for (int n = 0; n < NB; ++n) {
@@ -84,3 +84,5 @@ inline void ds_copy16_async(D dst, S src, bool valid) {
 }
 inline void ds_async_commit() {}
 inline void ds_async_wait_all() {}
+template <int N>
+inline void ds_async_wait() {}

@@ -6,6 +6,8 @@
 #define DS_LANE ((int)(threadIdx.x & 31))
 #define DS_SYNC() __syncthreads()
 #define DS_SHARED __shared__
+#define DS_SHARED16 __shared__ __align__(16)  // threadgroup memory that 16-byte copies land in
+#define DS_SHARED_PTR(T) T*
 #define DS_WARP_SUM(x) ds_warp_sum(x)
 #define DS_EXP(x) expf(x)
 #define DS_MAX(a, b) fmaxf(a, b)

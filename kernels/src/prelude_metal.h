@@ -6,6 +6,10 @@
 #define DS_LANE ((int)thread_index_in_simdgroup)
 #define DS_SYNC() threadgroup_barrier(mem_flags::mem_threadgroup)
 #define DS_SHARED threadgroup
+#define DS_SHARED16 threadgroup  // threadgroup memory that 16-byte copies land in (copied synchronously here)
+#ifndef DS_SHARED_PTR  // (the CPU emulator maps address spaces itself)
+#define DS_SHARED_PTR(T) threadgroup T*
+#endif
 #define DS_WARP_SUM(x) simd_sum(x)
 #define DS_EXP(x) metal::exp(x)
 #define DS_MAX(a, b) metal::max(a, b)

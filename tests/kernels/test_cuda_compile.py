@@ -47,16 +47,17 @@ def cuda_text(body: str, in_types: dict[str, str], out_types: dict[str, str], te
 
 
 SIZES = dict(DK=128, DV=128, HK=16, HV=16)
-STAGING = dict(zip(("WS", "KR"), gpu.state_staging("cuda", 64, 128, 128), strict=True))  # bf16 keys
+STAGING = dict(zip(("WS", "KR", "SPAD", "NBUF"), gpu.state_staging("cuda", 64, 128, 128), strict=True))  # bf16 keys
 CASES = {
-    "chunk_prep-bf16": ("chunk_prep", "bfloat16", dict(IX=True, C=64, **SIZES, KS=gpu.SLICE["cuda"],
-                                                       NT=gpu.PREP_THREADS)),
-    "chunk_state-bf16": ("chunk_state", "bfloat16", dict(KT="bfloat16", C=64, **SIZES, TV=16, **STAGING,
-                                                         NT=gpu.STATE_THREADS)),
-    "chunk_out-bf16": ("chunk_out", "bfloat16", dict(OutT="bfloat16", QX=True, C=64, **SIZES, TO=64, KS=32,
-                                                     NT=gpu.OUT_THREADS)),
-    "serial-fp32": ("serial", "float32", dict(OutT="float32", **SIZES, RPW=gpu.SERIAL_ROWS)),
-}
+    f"{body}-bf16-{'tf32' if tf else '3xtf32'}": (body, "bfloat16", {"TF": tf, **template})
+    for tf in (True, False)
+    for body, template in [
+        ("chunk_prep", dict(IX=True, KT="bfloat16", VT="bfloat16", KX=True, VX=True, C=64, **SIZES,
+                            KS=gpu.SLICE["cuda"], NT=gpu.PREP_THREADS)),
+        ("chunk_state", dict(KT="bfloat16", KX=True, C=64, **SIZES, TV=16, **STAGING, NT=gpu.STATE_THREADS)),
+        ("chunk_out", dict(OutT="bfloat16", QT="bfloat16", QX=True, C=64, **SIZES, TO=64, KS=32, NT=gpu.OUT_THREADS)),
+    ]
+} | {"serial-fp32": ("serial", "float32", dict(OutT="float32", **SIZES, RPW=gpu.SERIAL_ROWS))}
 
 
 def nvcc(tmp_path, text: str, *flags: str) -> subprocess.CompletedProcess:
@@ -82,14 +83,14 @@ def test_cuda_form_compiles(case, tmp_path):
 def test_state_pass_staging_plan_matches_the_compiled_shared_memory(dk, backend, tmp_path):
     """The plan `unsupported` and the launch rely on: ptxas's own shared-memory count of the state pass equals
     the byte count the plan is checked with, for CUDA's and Metal's plans (the body is the same)."""
-    ws, kr = gpu.state_staging(backend, 64, dk, 128, 4)  # fp32 keys (KT = float32 below)
-    template = dict(KT="float32", C=64, DK=dk, DV=128, HK=16, HV=16, TV=gpu.STATE_TILE, WS=ws, KR=kr,
-                    NT=gpu.STATE_THREADS)
+    ws, kr, pad, nbuf = gpu.state_staging(backend, 64, dk, 128, 4)  # fp32 keys (KT = float32 below)
+    template = dict(KT="float32", KX=False, TF=False, C=64, DK=dk, DV=128, HK=16, HV=16, TV=gpu.STATE_TILE,
+                    WS=ws, KR=kr, SPAD=pad, NBUF=nbuf, NT=gpu.STATE_THREADS)
     types = dict.fromkeys(gpu.BODIES["chunk_state"][0] + gpu.BODIES["chunk_state"][1], "float32")
     r = nvcc(tmp_path, cuda_text("chunk_state", types, types, template), "-Xptxas", "-v")
     assert r.returncode == 0, r.stderr[-4000:]
     smem = int(re.search(r"(\d+) bytes smem", r.stderr).group(1))
-    assert smem == gpu._state_bytes(64, dk, ws, kr, 4)
+    assert smem == gpu._state_bytes(64, dk, ws, kr, pad, nbuf, 4)
     fits = smem <= gpu.SMEM_BYTES[backend]
     q, v = mx.zeros((1, 1, 1, dk)), mx.zeros((1, 1, 1, 128))
     assert (gpu.unsupported(q, v, 64, backend) is None) == fits

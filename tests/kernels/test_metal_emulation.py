@@ -79,6 +79,20 @@ def test_emulated_chunked_kernels_match_the_oracle(sources, case, tmp_path, chun
     assert_close_to_scale("state", state, ref_state, rel=REL)
 
 
+@pytest.mark.parametrize("plan", [(16, 16, 8, 3), (32, 16, 0, 4)], ids=lambda p: f"ring{p[3]}")
+def test_emulated_state_pass_with_cuda_style_rings(case, tmp_path, plan):
+    """CUDA's planner runs the state pass's ring 2-3 rounds ahead (Metal's: 1); the slot arithmetic of deeper
+    rings, wrapping mid-chunk, must give the same result, with ThreadSanitizer silent."""
+    ref, _ = case
+    sources = extract_metal_sources(SHAPE, 64, tmp_path, plan=plan)
+    assert "_".join(map(str, plan)) in sources["chunk_state"]  # the forced plan is in the instantiation
+    out, state, runs = run_chunked(sources, case, tmp_path, 64, sanitize=True)
+    assert all(r.returncode == 0 and "ThreadSanitizer" not in r.stderr for r in runs), [r.stderr for r in runs]
+    ref_out, ref_state = oracle.serial(*ref)
+    assert_close_to_scale("out", out, ref_out, rel=REL)
+    assert_close_to_scale("state", state, ref_state, rel=REL)
+
+
 def test_emulated_serial_kernel_matches_the_oracle(sources, case, tmp_path):
     ref, bufs = case
     B, T, Hk, Dk = bufs["q"].shape

@@ -38,6 +38,8 @@ TRACE_SCRIPT = textwrap.dedent(
     sys.path.insert(0, {repo!r})
     from kernels import gpu
     from tests.kernels.inputs import make_gdn_inputs
+    if {plan!r} is not None:  # a forced state-pass staging plan (WS, KR, SPAD, NBUF)
+        gpu.state_staging = lambda *a: {plan!r}
     _, (q, k, v, g, b, s) = make_gdn_inputs(**{shape!r})
     def f(q, k, v, g, b, s):
         return [*gpu.chunked(q, k, v, g, b, s, chunk_size={C}, backend="metal", verbose=True),
@@ -47,9 +49,11 @@ TRACE_SCRIPT = textwrap.dedent(
 )
 
 
-def extract_metal_sources(shape: dict, chunk_size: int, workdir: Path) -> dict[str, str]:
-    """{kernel name: generated MSL} for the chunked (prep, state) and serial kernels at `shape`."""
-    script = TRACE_SCRIPT.format(repo=str(REPO), shape=shape, C=chunk_size, out=str(workdir / "trace.mlxfn"))
+def extract_metal_sources(shape: dict, chunk_size: int, workdir: Path, plan: tuple | None = None) -> dict[str, str]:
+    """{kernel name: generated MSL} for the chunked (prep, state) and serial kernels at `shape` (`plan`: force
+    the state pass's staging plan, e.g. CUDA's deeper ring, which Metal's planner does not pick)."""
+    script = TRACE_SCRIPT.format(repo=str(REPO), shape=shape, C=chunk_size, out=str(workdir / "trace.mlxfn"),
+                                 plan=plan)
     # MLX prints from C++: only the child process's real stdout sees it
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr

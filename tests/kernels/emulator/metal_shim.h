@@ -88,3 +88,4 @@ inline float simd_sum(float x) {
 // threadgroup memory: one instance shared by the threads of the group being emulated; groups run one
 // after another, and each kernel writes its threadgroup arrays before reading them.
 #define threadgroup static
+#define DS_SHARED_PTR(T) T*  // a pointer into threadgroup memory: a plain pointer here
