@@ -1,0 +1,299 @@
+"""End-to-end prefill and decode, B = 1, greedy, on one GPU (or the CPU, for a smoke test): deltaserve's engine
+(serial and --gdn-chunked) against transformers (+ flash-linear-attention when installed) on PyTorch and
+mlx-lm on MLX. All three load the same safetensors checkpoint (`engine.demo`: `demo-0.8b` is the exact
+Qwen3.5-0.8B text architecture with random bf16 weights), so their last-position log-probabilities are also
+compared (gates below the table).
+
+Prefill: median over `--runs` of a prompt of T random byte-token ids from an empty cache to the last
+position's log-probabilities, state materialised (after `--warmup` unmeasured runs). Decode: tokens per second
+after the first token for a prompt of `--decode-context` tokens (mlx-lm's generation_tps definition), each
+system in its own generation loop (ours: `engine.generate.generate_step`, the server's; mlx-lm:
+`mlx_lm.generate.generate_step`; transformers: a greedy loop over its cache, no host sync per token). Peak
+GPU memory: MLX's / PyTorch's peak allocation counters over each system's measurements.
+
+Usage: python bench/e2e_gpu.py [--model demo-0.8b] [--contexts 512,2048,8192] [--systems ours,transformers,mlx-lm]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+os.environ.setdefault("MLX_ENABLE_CACHE_THRASHING_CHECK", "0")
+
+import mlx.core as mx
+import numpy as np
+
+from engine.cache import cache_arrays
+from engine.demo import DEMO_DTYPES, ensure_demo
+from engine.generate import DEFAULT_PREFILL_STEP, PrefillOptions, generate_step, prefill
+from engine.loading import load_model
+from engine.sampling import SamplingParams, make_key, make_sampler
+
+BYTE_TOKENS = 256  # prompts use byte tokens: real rows of the demo tokenizer's embedding
+
+
+@dataclass
+class Result:
+    system: str
+    prefill_tps: dict[int, float] = field(default_factory=dict)
+    decode_tps: float | None = None
+    peak_gb: float = 0.0
+    logprobs: dict[int, np.ndarray] = field(default_factory=dict)  # last position, per prompt length
+    note: str = ""
+
+
+def prompt(T: int) -> list[int]:
+    return np.random.default_rng(T).integers(0, BYTE_TOKENS, T).tolist()
+
+
+def median_time(fn: Callable[[], object], runs: int, warmup: int) -> tuple[float, object]:
+    """Median seconds of `fn` (which returns once its results are computed) and its last result."""
+    times, out = [], None
+    for i in range(warmup + runs):
+        t0 = time.perf_counter()
+        out = fn()
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times), out
+
+
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    m = x.max()
+    return x - m - np.log(np.exp(x - m).sum())
+
+
+def decode_rate(tokens: Callable[[], object], n: int) -> float:
+    """Tokens per second after the first of `n` yielded by the generator `tokens()`."""
+    gen = iter(tokens())
+    next(gen)
+    t0 = time.perf_counter()
+    count = sum(1 for _ in gen)
+    assert count == n - 1, count
+    return count / (time.perf_counter() - t0)
+
+
+def run_ours(path: Path, dtype: mx.Dtype, args, method: str) -> Result:
+    model = load_model(path, dtype)
+    opts = PrefillOptions(method, args.chunk_size, args.step_size)
+    res = Result(f"deltaserve {'--gdn-chunked' if method == 'chunked' else 'serial'}")
+    mx.reset_peak_memory()
+    for T in args.contexts:
+        ids = mx.array([prompt(T)])
+
+        def once():
+            cache = model.make_cache()
+            logits = prefill(model, ids, cache, opts)  # noqa: B023 - measured in this iteration
+            mx.eval(logits, cache_arrays(cache))
+            return logits
+
+        seconds, logits = median_time(once, args.runs, args.warmup)
+        res.prefill_tps[T] = T / seconds
+        res.logprobs[T] = log_softmax(np.array(logits.astype(mx.float32))[0])
+        mx.clear_cache()
+    greedy = make_sampler(SamplingParams(temperature=0))
+
+    def tokens(n: int):
+        return generate_step(model, prompt(args.decode_context), model.make_cache(), sampler=greedy,
+                             logits_processors=[], key=make_key(0), max_tokens=n, options=opts)
+
+    if args.decode_tokens > 1:
+        decode_rate(lambda: tokens(4), 4)  # compiles the decode kernels
+        res.decode_tps = decode_rate(lambda: tokens(args.decode_tokens), args.decode_tokens)
+    res.peak_gb = mx.get_peak_memory() / 1e9
+    mx.clear_cache()
+    return res
+
+
+def run_mlx_lm(path: Path, args) -> Result | None:
+    try:
+        import mlx_lm
+        from mlx_lm.generate import generate_step as lm_generate_step
+        from mlx_lm.utils import load_model as lm_load_model
+    except ImportError:
+        return None
+    model, _ = lm_load_model(path, model_config={"model_type": "qwen3_5"})  # the text-only config, mlx-lm's name
+    res = Result("mlx-lm", note=f"mlx-lm {mlx_lm.__version__}, prompts > {args.mlx_lm_max} tokens skipped")
+    mx.reset_peak_memory()
+    for T in (t for t in args.contexts if t <= args.mlx_lm_max):
+        ids = mx.array(prompt(T))
+
+        def once():
+            _, logprobs = next(lm_generate_step(ids, model, max_tokens=1))  # noqa: B023
+            return logprobs
+
+        seconds, logprobs = median_time(once, args.runs, args.warmup)
+        res.prefill_tps[T] = T / seconds
+        res.logprobs[T] = np.array(logprobs.astype(mx.float32)).astype(np.float64)
+        mx.clear_cache()
+    if args.decode_tokens > 1:
+        ids = mx.array(prompt(args.decode_context))
+        res.decode_tps = decode_rate(lambda: lm_generate_step(ids, model, max_tokens=args.decode_tokens),
+                                     args.decode_tokens)
+    res.peak_gb = mx.get_peak_memory() / 1e9
+    mx.clear_cache()
+    return res
+
+
+def run_transformers(path: Path, dtype: mx.Dtype, args) -> Result | None:
+    try:
+        import torch
+        import transformers
+        from transformers import AutoModelForCausalLM
+    except ImportError:
+        return None
+    try:
+        import fla
+
+        note = f"transformers {transformers.__version__} + fla {fla.__version__}, torch {torch.__version__}"
+    except ImportError:
+        note = f"transformers {transformers.__version__} (no flash-linear-attention), torch {torch.__version__}"
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    tdtype = {mx.bfloat16: torch.bfloat16, mx.float16: torch.float16}.get(dtype, torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=tdtype).to(device).eval()
+    res = Result("transformers", note=note)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    with torch.inference_mode():
+        for T in args.contexts:
+            ids = torch.tensor([prompt(T)], device=device)
+
+            def once():
+                logits = model(input_ids=ids, use_cache=True, logits_to_keep=1).logits  # noqa: B023
+                sync()
+                return logits
+
+            seconds, logits = median_time(once, args.runs, args.warmup)
+            res.prefill_tps[T] = T / seconds
+            res.logprobs[T] = log_softmax(logits[0, -1].float().cpu().numpy())
+
+        def tokens(n: int):
+            return hf_greedy(model, torch.tensor([prompt(args.decode_context)], device=device), n, sync)
+
+        if args.decode_tokens > 1:
+            decode_rate(lambda: tokens(4), 4)
+            res.decode_tps = decode_rate(lambda: tokens(args.decode_tokens), args.decode_tokens)
+    if device == "cuda":
+        res.peak_gb = torch.cuda.max_memory_allocated() / 1e9
+    return res
+
+
+def hf_greedy(model, ids, n: int, sync: Callable[[], None]):
+    """Greedy tokens from a transformers model over its own cache, the next step queued without a host sync."""
+    out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
+    tok = out.logits[:, -1].argmax(-1)
+    sync()
+    yield tok
+    for _ in range(n - 1):
+        out = model(input_ids=tok[:, None], past_key_values=out.past_key_values, use_cache=True)
+        tok = out.logits[:, -1].argmax(-1)
+        yield tok
+    sync()
+
+
+def gates(results: list[Result], reference: str) -> list[str]:
+    """Each system's last-position log-probabilities against `reference`'s: largest difference over the top
+    reference tokens, and whether the argmax agrees (bf16 systems differ by rounding; a wrong kernel would
+    differ by O(1))."""
+    ref = next(r for r in results if r.system == reference)
+    lines = []
+    for r in results:
+        if r is ref:
+            continue
+        for T, lp in r.logprobs.items():
+            if T in ref.logprobs:
+                top = np.argsort(ref.logprobs[T])[-20:]
+                diff = float(np.abs(lp[top] - ref.logprobs[T][top]).max())
+                same = int(lp.argmax()) == int(ref.logprobs[T].argmax())
+                lines.append(f"{r.system} vs {reference} @{T}: max |d logprob| over its top 20 = {diff:.1e}, "
+                             f"argmax {'same' if same else 'DIFFERENT'}")
+    return lines
+
+
+def table(results: list[Result], contexts: list[int], decode_context: int) -> str:
+    head = ["system", *(f"prefill tok/s @{T}" for T in contexts), f"decode tok/s @{decode_context}",
+            "peak GPU memory GB"]
+    lines = ["| " + " | ".join(head) + " |", "|---" + "|---:" * (len(head) - 1) + "|"]
+    for r in results:
+        cells = [r.system, *(f"{r.prefill_tps[T]:,.0f}" if T in r.prefill_tps else "—" for T in contexts),
+                 f"{r.decode_tps:,.1f}" if r.decode_tps else "—", f"{r.peak_gb:.2f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def ratios(results: list[Result], contexts: list[int]) -> list[str]:
+    by = {r.system: r for r in results}
+    ours = by.get("deltaserve --gdn-chunked")
+    lines = []
+    for name in ("transformers", "mlx-lm"):
+        peer = by.get(name)
+        if ours and peer:
+            cells = [f"@{T} {ours.prefill_tps[T] / peer.prefill_tps[T]:.2f}x" for T in contexts
+                     if T in peer.prefill_tps]
+            dec = f"; decode {ours.decode_tps / peer.decode_tps:.1f}x" if ours.decode_tps and peer.decode_tps else ""
+            lines.append(f"--gdn-chunked / {name}: prefill " + ", ".join(cells) + dec)
+    return lines
+
+
+def weight_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.glob("*.safetensors"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="demo-0.8b", help="a demo name (engine.demo) or a checkpoint directory")
+    parser.add_argument("--contexts", default="512,2048,8192")
+    parser.add_argument("--systems", default="ours,transformers,mlx-lm")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--chunk-size", type=int, default=64)
+    parser.add_argument("--step-size", type=int, default=DEFAULT_PREFILL_STEP)
+    parser.add_argument("--decode-context", type=int, default=512)
+    parser.add_argument("--decode-tokens", type=int, default=32)
+    parser.add_argument("--mlx-lm-max", type=int, default=2048, help="longest prompt given to mlx-lm (slow)")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+    args.contexts = [int(t) for t in args.contexts.split(",")]
+    systems = args.systems.split(",")
+    path = ensure_demo(args.model) if not Path(args.model).is_dir() else Path(args.model)
+    dtype = DEMO_DTYPES.get(args.model, mx.bfloat16)
+
+    smi = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
+                         capture_output=True, text=True, check=False).stdout.strip() if mx.cuda.is_available() else ""
+    print(f"{args.model} ({dtype}, {weight_bytes(path) / 1e9:.2f} GB of weights), B = 1, greedy; "
+          f"device: {smi or mx.default_device()}; MLX {mx.__version__}, Python {platform.python_version()}; "
+          f"chunk size {args.chunk_size}, prefill step {args.step_size}")
+    results: list[Result] = []
+    if "mlx-lm" in systems and (r := run_mlx_lm(path, args)):
+        results.append(r)
+    if "transformers" in systems and (r := run_transformers(path, dtype, args)):
+        results.append(r)
+    if "ours" in systems:
+        results += [run_ours(path, dtype, args, "serial"), run_ours(path, dtype, args, "chunked")]
+    print(table(results, args.contexts, args.decode_context))
+    for line in [*ratios(results, args.contexts), *(f"{r.system}: {r.note}" for r in results if r.note)]:
+        print(line)
+    ours = next((r for r in results if r.system == "deltaserve --gdn-chunked"), None)
+    if ours and ours.decode_tps:
+        print(f"decode reads {weight_bytes(path) / 1e9:.2f} GB of weights per token: at {ours.decode_tps:.1f} tok/s "
+              f"that is {weight_bytes(path) * ours.decode_tps / 1e9:.0f} GB/s")
+    for line in gates(results, "deltaserve serial"):
+        print(line)
+    if args.json:
+        rows = [{"system": r.system, "prefill_tps": r.prefill_tps, "decode_tps": r.decode_tps, "peak_gb": r.peak_gb,
+                 "note": r.note} for r in results]
+        args.json.write_text(json.dumps({"model": args.model, "device": smi, "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,30 @@
+"""bench/e2e_gpu.py on the small demo checkpoint (CPU here, the GPU where there is one): every system it finds
+loads the same safetensors checkpoint, and their last-position log-probabilities agree with our serial path."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+from tests.conftest import REPO
+
+
+def test_e2e_bench_prints_the_table_and_every_system_agrees_with_ours():
+    r = subprocess.run(
+        [sys.executable, "bench/e2e_gpu.py", "--model", "demo", "--contexts", "40,100", "--runs", "1",
+         "--decode-context", "24", "--decode-tokens", "5", "--systems", "ours,transformers,mlx-lm"],
+        cwd=REPO, capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = re.findall(r"^\| (deltaserve[^|]*|transformers|mlx-lm) \|(.*)\|$", r.stdout, flags=re.M)
+    systems = {name.strip() for name, _ in rows}
+    assert {"deltaserve serial", "deltaserve --gdn-chunked", "transformers"} <= systems, r.stdout
+    for _, cells in rows:  # two prefill rates, a decode rate, a peak: all numbers
+        assert all(re.fullmatch(r"[\d,.]+", c.strip()) for c in cells.split("|")), cells
+    gates = re.findall(r"^(.*) vs deltaserve serial @(\d+): max \|d logprob\| over its top 20 = (\S+), argmax (\w+)$",
+                       r.stdout, flags=re.M)
+    assert {g[0] for g in gates} >= {"transformers", "deltaserve --gdn-chunked"}, r.stdout
+    for system, T, diff, argmax in gates:  # fp32 demo: the same model to rounding, in three implementations
+        assert float(diff) < 1e-3 and argmax == "same", (system, T, diff)
