@@ -59,12 +59,13 @@ def unsupported(q: mx.array, v: mx.array, chunk_size: int | None, backend: str) 
     return None
 
 
-def tf32(backend: str, *arrays: mx.array) -> bool:
-    """Whether the chunked kernels' products run in plain TF32 on tensor cores: on CUDA, for 16-bit inputs
-    (their outputs are rounded to 8 or 11 bits anyway), unless MLX_ENABLE_TF32=0 — the switch that also keeps
-    MLX's own fp32 matmuls off TF32, and that the numerics gates set. Otherwise 3xTF32: fp32-level products."""
+def tf32(backend: str, out_dtype: mx.Dtype) -> bool:
+    """Whether the chunked kernels' products run in plain TF32 on tensor cores: on CUDA when the outputs are
+    16-bit (rounded to 8 or 11 bits anyway; the model passes fp32 q / k and bf16 v), unless MLX_ENABLE_TF32=0,
+    the switch that also keeps MLX's own fp32 matmuls off TF32 and that the numerics gates set. Otherwise
+    3xTF32: fp32-level products."""
     enabled = os.environ.get("MLX_ENABLE_TF32", "1").strip().lower() not in ("0", "false", "off", "no")
-    return backend == "cuda" and enabled and all(a.dtype in HALF for a in arrays)
+    return backend == "cuda" and enabled and out_dtype in HALF
 
 
 def read_source(name: str) -> str:
@@ -147,7 +148,7 @@ class ChunkPlan:
         self.ks = _slice(backend, chunk_size, Dk, Dv)
         self.to = 64 if Dv % 64 == 0 else STATE_TILE  # output columns per threadgroup
         self.sizes = _sizes(q, v)
-        self.tf = ("TF", tf32(backend, q, v))
+        self.tf = ("TF", tf32(backend, v.dtype))  # the outputs take v's dtype
 
     def _call(self, body: str, inputs, shapes, dtypes, grid, threads, template):
         return kernel(self.backend, body)(inputs=inputs, output_shapes=shapes, output_dtypes=dtypes, grid=grid,

@@ -1,0 +1,124 @@
+"""Where end-to-end time goes: prefill and decode of one model with one component at a time replaced by a no-op
+of the same shapes (the GDN core, the attention core, the GDN layers' causal conv, the q / k l2-norm), so the
+drop in time is that component's cost, measured inside the whole model on the same card and run.
+
+Usage: python bench/e2e_profile.py [--model demo-0.8b] [--contexts 2048,8192] [--method chunked] [--step-size N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import statistics
+import time
+from collections.abc import Iterator
+
+os.environ.setdefault("MLX_ENABLE_CACHE_THRASHING_CHECK", "0")
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+
+import engine.model as model_module
+from engine.cache import cache_arrays
+from engine.demo import DEMO_DTYPES, ensure_demo
+from engine.generate import DEFAULT_PREFILL_STEP, PrefillOptions, decode_step, prefill
+from engine.loading import load_model
+
+
+def _no_gdn_core(q, k, v, g, beta, state, **_):
+    return mx.zeros(v.shape, v.dtype), state
+
+
+def _no_attention_core(q, k, v, scale, mask=None):
+    return q  # [B, H, T, D], the output's shape
+
+
+def _no_conv(self, qkv, cache):
+    return nn.silu(qkv)
+
+
+def _no_l2norm(x, eps=1e-6):
+    return x
+
+
+@contextlib.contextmanager
+def without(component: str) -> Iterator[None]:
+    """Replace one component of engine.model by a no-op of the same shapes for the duration."""
+    targets = {
+        "GDN core": (model_module, "gated_delta", _no_gdn_core),
+        "attention core": (model_module.mx.fast, "scaled_dot_product_attention", _no_attention_core),
+        "GDN conv": (model_module.GatedDeltaNet, "_conv", _no_conv),
+        "q/k l2-norm": (model_module, "l2_normalize", _no_l2norm),
+    }
+    if component == "nothing":
+        yield
+        return
+    owner, name, replacement = targets[component]
+    original = getattr(owner, name)
+    setattr(owner, name, replacement)
+    try:
+        yield
+    finally:
+        setattr(owner, name, original)
+
+
+def time_prefill(model, T: int, opts: PrefillOptions, runs: int) -> float:
+    ids = mx.array(np.random.default_rng(T).integers(0, 256, (1, T)))
+    times = []
+    for i in range(runs + 1):  # the first run compiles
+        cache = model.make_cache()
+        t0 = time.perf_counter()
+        mx.eval(prefill(model, ids, cache, opts), cache_arrays(cache))
+        if i:
+            times.append(time.perf_counter() - t0)
+        mx.clear_cache()
+    return statistics.median(times)
+
+
+def time_decode(model, context: int, opts: PrefillOptions, steps: int) -> float:
+    """Seconds per decode step (each evaluated before the next: the server's loop also waits per token)."""
+    cache = model.make_cache()
+    token = mx.argmax(prefill(model, mx.array([[1] * context]), cache, opts), axis=-1)
+    mx.eval(token)
+    t0 = time.perf_counter()
+    for i in range(steps + 2):
+        if i == 2:  # two steps to compile
+            t0 = time.perf_counter()
+        token = mx.argmax(decode_step(model, token, cache), axis=-1)
+        mx.eval(token)
+    return (time.perf_counter() - t0) / steps
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="demo-0.8b")
+    parser.add_argument("--contexts", default="2048,8192")
+    parser.add_argument("--method", default="chunked")
+    parser.add_argument("--step-size", type=int, default=DEFAULT_PREFILL_STEP)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--decode-context", type=int, default=512)
+    parser.add_argument("--decode-steps", type=int, default=20)
+    args = parser.parse_args()
+    contexts = [int(t) for t in args.contexts.split(",")]
+    model = load_model(ensure_demo(args.model), DEMO_DTYPES.get(args.model, mx.bfloat16))
+    opts = PrefillOptions(args.method, 64, args.step_size)
+    print(f"{args.model}, {args.method} prefill, step {args.step_size}, device {mx.default_device()}; ms, and the "
+          "drop when the component is a no-op")
+    print("| replaced by a no-op | " + " | ".join(f"prefill @{T}" for T in contexts)
+          + f" | decode step @{args.decode_context} |")
+    print("|---" + "|---:" * (len(contexts) + 1) + "|")
+    base = None
+    for component in ("nothing", "GDN core", "attention core", "GDN conv", "q/k l2-norm"):
+        with without(component):
+            ms = [time_prefill(model, T, opts, args.runs) * 1e3 for T in contexts]
+            ms.append(time_decode(model, args.decode_context, opts, args.decode_steps) * 1e3)
+        base = base or ms
+        cells = [f"{m:.2f}" if component == "nothing" else f"{m:.2f} ({m - b:+.2f})"
+                 for m, b in zip(ms, base, strict=True)]
+        print(f"| {component} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
