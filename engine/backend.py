@@ -20,6 +20,18 @@ OPENBLAS_GLOBS = (
 )
 
 
+# MLX's CUDA backend aborts the process ("Cache thrashing is happening") once its CUDA-graph cache has missed
+# more than twice its capacity over the process's life (the counter never resets): a server that sees many
+# prompt lengths reaches that. Read by MLX when the cache first misses, so set before any GPU work.
+LONG_RUNNING_ENV = {"MLX_ENABLE_CACHE_THRASHING_CHECK": "0"}
+
+
+def configure_long_running() -> None:
+    """Environment a long-running MLX process needs (a value the user set is kept)."""
+    for name, value in LONG_RUNNING_ENV.items():
+        os.environ.setdefault(name, value)
+
+
 def backend_name() -> str:
     """'metal', 'cuda' or 'cpu': the device MLX runs the model on."""
     if mx.default_device() == mx.cpu:

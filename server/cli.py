@@ -238,6 +238,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     maybe_preload_openblas(argv)
+    from engine.backend import configure_long_running
+
+    configure_long_running()
     args = _parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(message)s")
     from engine.errors import DeltaserveError
