@@ -201,6 +201,82 @@ def hf_greedy(model, ids, n: int, sync: Callable[[], None]):
     sync()
 
 
+def _wait_ready(url: str, server: subprocess.Popen, timeout: float = 600) -> None:
+    """Until GET /ready answers 200 (the model is loaded and warmed up); raises if the server died."""
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url + "/ready", timeout=5) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"server did not start: {server.stderr.read()[-2000:]}") from None
+            time.sleep(0.5)
+
+
+def _first_token(url: str, body: bytes) -> tuple[float, str]:
+    """Seconds from sending a streaming completion to its first text chunk, and the completion's id."""
+    import urllib.request
+
+    req = urllib.request.Request(url + "/v1/completions", data=body, headers={"Content-Type": "application/json"})
+    first, rid = None, None
+    t0 = time.perf_counter()
+    with urllib.request.urlopen(req, timeout=600) as r:
+        for line in r:
+            if line.startswith(b"data: {"):
+                chunk = json.loads(line[6:])
+                rid = rid or chunk["id"]
+                if first is None and chunk["choices"] and chunk["choices"][0].get("text") is not None:
+                    first = time.perf_counter() - t0
+    return first, rid
+
+
+def server_ttft(model: str, T: int, runs: int, chunked: bool, step_size: int) -> dict[str, float]:
+    """Median client-side time to the first streamed token of a T-token prompt through a real `deltaserve serve`
+    (a subprocess on a loopback port, warmed up at start), and the server's own prefill time for the same
+    requests (GET /v1/timings/{id}: `prompt_ms`), in ms."""
+    import socket
+    import sys
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "server.cli", "serve", "--model", model, "--port", str(port), "--prefill-step",
+           str(step_size), *(["--gdn-chunked"] if chunked else [])]
+    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_ready(url, server)
+        body = json.dumps({"model": model, "prompt": prompt(T), "max_tokens": 2, "stream": True,
+                           "temperature": 0, "ignore_eos": True}).encode()
+        ttft, prefill_ms = [], []
+        for i in range(runs + 1):  # the first request is not counted
+            first, rid = _first_token(url, body)
+            with urllib.request.urlopen(f"{url}/v1/timings/{rid}", timeout=30) as r:
+                record = json.loads(r.read())
+            if i:
+                ttft.append(first * 1e3)
+                prefill_ms.append(record["timings"]["prompt_ms"])
+        return {"ttft_ms": statistics.median(ttft), "server_prefill_ms": statistics.median(prefill_ms)}
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+
+
+def print_server_ttft(args, ours: Result | None) -> None:
+    T = args.server_ttft
+    s = server_ttft(args.model, T, args.runs, True, args.step_size)
+    engine = f"; engine prefill in this bench {T / ours.prefill_tps[T] * 1e3:.1f} ms" if (
+        ours and T in ours.prefill_tps) else ""
+    print(f"server, {T}-token prompt, --gdn-chunked: time to first token {s['ttft_ms']:.1f} ms (client side), "
+          f"server-recorded prefill {s['server_prefill_ms']:.1f} ms{engine}; TTFT / server prefill "
+          f"{s['ttft_ms'] / s['server_prefill_ms']:.2f}")
+
+
 def gates(results: list[Result], reference: str) -> list[str]:
     """Each system's last-position log-probabilities against `reference`'s: largest difference over the top
     reference tokens, and whether the argmax agrees (bf16 systems differ by rounding; a wrong kernel would
@@ -261,6 +337,8 @@ def main() -> None:
     parser.add_argument("--decode-context", type=int, default=512)
     parser.add_argument("--decode-tokens", type=int, default=32)
     parser.add_argument("--mlx-lm-max", type=int, default=2048, help="longest prompt given to mlx-lm (slow)")
+    parser.add_argument("--server-ttft", type=int, default=0, metavar="T",
+                        help="also time the first token of a T-token prompt through `deltaserve serve --gdn-chunked`")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     args.contexts = [int(t) for t in args.contexts.split(",")]
@@ -289,6 +367,8 @@ def main() -> None:
               f"that is {weight_bytes(path) * ours.decode_tps / 1e9:.0f} GB/s")
     for line in gates(results, "deltaserve serial"):
         print(line)
+    if args.server_ttft:
+        print_server_ttft(args, ours)
     if args.json:
         rows = [{"system": r.system, "prefill_tps": r.prefill_tps, "decode_tps": r.decode_tps, "peak_gb": r.peak_gb,
                  "note": r.note} for r in results]

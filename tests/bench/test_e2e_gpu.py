@@ -1,5 +1,6 @@
 """bench/e2e_gpu.py on the small demo checkpoint (CPU here, the GPU where there is one): every system it finds
-loads the same safetensors checkpoint, and their last-position log-probabilities agree with our serial path."""
+loads the same safetensors checkpoint, their last-position log-probabilities agree with our serial path, and the
+time to first token through a real server includes the prefill the server recorded for the same request."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from tests.conftest import REPO
 def test_e2e_bench_prints_the_table_and_every_system_agrees_with_ours():
     r = subprocess.run(
         [sys.executable, "bench/e2e_gpu.py", "--model", "demo", "--contexts", "40,100", "--runs", "1",
-         "--decode-context", "24", "--decode-tokens", "5", "--systems", "ours,transformers,mlx-lm"],
+         "--decode-context", "24", "--decode-tokens", "5", "--systems", "ours,transformers,mlx-lm",
+         "--server-ttft", "100"],
         cwd=REPO, capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     assert r.returncode == 0, r.stderr[-3000:]
@@ -28,3 +30,7 @@ def test_e2e_bench_prints_the_table_and_every_system_agrees_with_ours():
     assert {g[0] for g in gates} >= {"transformers", "deltaserve --gdn-chunked"}, r.stdout
     for system, T, diff, argmax in gates:  # fp32 demo: the same model to rounding, in three implementations
         assert float(diff) < 1e-3 and argmax == "same", (system, T, diff)
+    ttft = re.search(r"time to first token ([\d.]+) ms \(client side\), server-recorded prefill ([\d.]+) ms",
+                     r.stdout)
+    assert ttft, r.stdout
+    assert float(ttft.group(1)) >= float(ttft.group(2)) > 0
