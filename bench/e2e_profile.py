@@ -39,7 +39,7 @@ def _no_conv(self, qkv, cache):
     return nn.silu(qkv)
 
 
-def _no_l2norm(x, eps=1e-6):
+def _no_l2norm(x, eps=1e-6, scale=1.0):
     return x
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import mlx.core as mx
@@ -78,9 +79,18 @@ class ModelArgs:
         return int(self.head_dim * self.partial_rotary_factor)
 
 
-def l2_normalize(x: mx.array, eps: float = 1e-6) -> mx.array:
-    """x * rsqrt(sum(x^2) + eps) over the last axis (eps on the sum, as transformers and fla)."""
-    return x * mx.rsqrt((x * x).sum(axis=-1, keepdims=True) + eps)
+def l2_normalize(x: mx.array, eps: float = 1e-6, scale: float = 1.0) -> mx.array:
+    """scale * x * rsqrt(sum(x^2) + eps) over the last axis (eps on the sum, as transformers and fla), as one
+    fused rms_norm: mean(x^2) + eps / D = (sum(x^2) + eps) / D, so rms_norm(x) = sqrt(D) * l2_normalize(x)."""
+    D = x.shape[-1]
+    return (scale * D**-0.5) * mx.fast.rms_norm(x, None, eps / D)
+
+
+@partial(mx.compile, shapeless=True)
+def _gated_tail(normed: mx.array, weight: mx.array, gate: mx.array) -> mx.array:
+    """w * normed * silu(z) in fp32, back to normed's dtype: one fused kernel where MLX compiles."""
+    g = gate.astype(mx.float32)
+    return (weight * normed * (g * mx.sigmoid(g))).astype(normed.dtype)
 
 
 class RMSNormGated(nn.Module):
@@ -93,7 +103,17 @@ class RMSNormGated(nn.Module):
 
     def __call__(self, x: mx.array, gate: mx.array) -> mx.array:
         normed = mx.fast.rms_norm(x.astype(mx.float32), None, self.eps).astype(x.dtype)
-        return ((self.weight * normed) * nn.silu(gate.astype(mx.float32))).astype(x.dtype)
+        return _gated_tail(normed, self.weight, gate)
+
+
+@partial(mx.compile, shapeless=True)
+def decay_and_beta(a: mx.array, b: mx.array, a_log: mx.array, dt_bias: mx.array) -> tuple[mx.array, mx.array]:
+    """fp32 log decay g = -exp(A_log) * softplus(a + dt_bias) (softplus thresholded at 20, g floored at -88:
+    exp(-88) is already ~0) and beta = sigmoid(b); one fused kernel where MLX compiles."""
+    x = a.astype(mx.float32) + dt_bias.astype(mx.float32)
+    softplus = mx.where(x > 20.0, x, mx.logaddexp(x, 0.0))
+    g = -mx.exp(a_log.astype(mx.float32)) * softplus
+    return mx.maximum(g, -88.0), mx.sigmoid(b.astype(mx.float32))
 
 
 class GatedDeltaNet(nn.Module):
@@ -129,13 +149,6 @@ class GatedDeltaNet(nn.Module):
         cache.conv_state = window[:, -(self.conv_kernel_size - 1) :]
         return nn.silu(self.conv1d(window))  # "valid" conv: exactly T outputs
 
-    def _gates(self, a: mx.array, b: mx.array) -> tuple[mx.array, mx.array]:
-        """fp32 log decay g = -exp(A_log) * softplus(a + dt_bias) (softplus thresholded at 20) and beta."""
-        x = a.astype(mx.float32) + self.dt_bias.astype(mx.float32)
-        softplus = mx.where(x > 20.0, x, mx.logaddexp(x, 0.0))
-        g = -mx.exp(self.A_log.astype(mx.float32)) * softplus
-        return mx.maximum(g, -88.0), mx.sigmoid(b.astype(mx.float32))  # floor: exp(-88) is already ~0
-
     def __call__(self, x: mx.array, cache: GDNCache) -> mx.array:
         B, T, _ = x.shape
         mixed = self._conv(self.in_proj_qkv(x), cache)
@@ -143,9 +156,9 @@ class GatedDeltaNet(nn.Module):
         q = q.reshape(B, T, self.num_k_heads, self.head_k_dim).astype(mx.float32)
         k = k.reshape(B, T, self.num_k_heads, self.head_k_dim).astype(mx.float32)
         v = v.reshape(B, T, self.num_v_heads, self.head_v_dim)
-        q = l2_normalize(q) * (self.head_k_dim**-0.5)  # the only place the q scale is applied
+        q = l2_normalize(q, scale=self.head_k_dim**-0.5)  # the only place the q scale is applied
         k = l2_normalize(k)
-        g, beta = self._gates(self.in_proj_a(x), self.in_proj_b(x))
+        g, beta = decay_and_beta(self.in_proj_a(x), self.in_proj_b(x), self.A_log, self.dt_bias)
         state = cache.state
         if state is None:
             state = mx.zeros((B, self.num_v_heads, self.head_v_dim, self.head_k_dim), dtype=mx.float32)
