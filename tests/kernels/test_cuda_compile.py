@@ -57,7 +57,29 @@ CASES = {
         ("chunk_state", dict(KT="bfloat16", KX=True, C=64, **SIZES, TV=16, **STAGING, NT=gpu.STATE_THREADS)),
         ("chunk_out", dict(OutT="bfloat16", QT="bfloat16", QX=True, C=64, **SIZES, TO=64, KS=32, NT=gpu.OUT_THREADS)),
     ]
-} | {"serial-fp32": ("serial", "float32", dict(OutT="float32", **SIZES, RPW=gpu.SERIAL_ROWS))}
+} | {
+    "serial-fp32": ("serial", "float32", dict(OutT="float32", **SIZES, RPW=gpu.SERIAL_ROWS)),
+    # fp16 inputs: the __half loads, copies and conversions
+    "chunk_prep-fp16-tf32": ("chunk_prep", "float16", dict(IX=True, KT="float16", VT="float16", KX=True, VX=True,
+                                                          TF=True, C=64, **SIZES, KS=32, NT=gpu.PREP_THREADS)),
+    "chunk_state-fp16-tf32": ("chunk_state", "float16", dict(KT="float16", KX=True, TF=True, C=64, **SIZES, TV=16,
+                                                            **STAGING, NT=gpu.STATE_THREADS)),
+    "chunk_out-fp16-tf32": ("chunk_out", "float16", dict(OutT="float16", QT="float16", QX=True, TF=True, C=64,
+                                                        **SIZES, TO=64, KS=32, NT=gpu.OUT_THREADS)),
+    "serial-fp16": ("serial", "float16", dict(OutT="float16", **SIZES, RPW=gpu.SERIAL_ROWS)),
+}
+# What the bf16 model passes: q and k l2-normed in fp32, v (and the outputs) bf16, TF32 products.
+MODEL_MIX = {"q": "float32", "k": "float32"}
+STAGING_FP32_KEYS = dict(zip(("WS", "KR", "SPAD", "NBUF"), gpu.state_staging("cuda", 64, 128, 128, 4), strict=True))
+CASES |= {
+    "chunk_prep-model-mix": ("chunk_prep", "bfloat16", dict(IX=False, KT="float32", VT="bfloat16", KX=False,
+                                                           VX=True, TF=True, C=64, **SIZES, KS=32,
+                                                           NT=gpu.PREP_THREADS)),
+    "chunk_state-model-mix": ("chunk_state", "bfloat16", dict(KT="float32", KX=False, TF=True, C=64, **SIZES, TV=16,
+                                                             **STAGING_FP32_KEYS, NT=gpu.STATE_THREADS)),
+    "chunk_out-model-mix": ("chunk_out", "bfloat16", dict(OutT="bfloat16", QT="float32", QX=False, TF=True, C=64,
+                                                         **SIZES, TO=64, KS=32, NT=gpu.OUT_THREADS)),
+}
 
 
 def nvcc(tmp_path, text: str, *flags: str) -> subprocess.CompletedProcess:
@@ -72,7 +94,8 @@ def nvcc(tmp_path, text: str, *flags: str) -> subprocess.CompletedProcess:
 def test_cuda_form_compiles(case, tmp_path):
     body, dtype, template = CASES[case]
     fp32 = {"g", "beta", "w", "u", "p", "gc", "hs", "r", "state_in", "state_out"}
-    types = {n: "float32" if n in fp32 else dtype
+    mix = MODEL_MIX if case.endswith("model-mix") else {}
+    types = {n: "float32" if n in fp32 else mix.get(n, dtype)
              for n in gpu.BODIES[body][0] + gpu.BODIES[body][1]}
     r = nvcc(tmp_path, cuda_text(body, types, types, template))
     assert r.returncode == 0, r.stderr[-4000:]
