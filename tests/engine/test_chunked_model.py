@@ -42,11 +42,13 @@ def test_chunked_prefill_logits_match_serial_at_every_position(model_and_referen
     assert flips.size == 0, f"argmax flips at positions {flips[:10].tolist()}"
 
 
+@pytest.mark.parametrize("tf32", ["0", "1"], ids=lambda v: f"TF32={v}")
 @pytest.mark.parametrize("T", [65, 1009], ids=lambda t: f"T{t}")
-def test_bf16_chunked_prefill_matches_serial_to_bf16_rounding(tmp_path_factory, T):
+def test_bf16_chunked_prefill_matches_serial_to_bf16_rounding(tmp_path_factory, monkeypatch, T, tf32):
     """The bf16 model (on CUDA: the kernels' plain-TF32 products): logits within 0.1 of the logit scale of the
     serial path's, and a top token that differs only where the serial top two are closer than that row's
     difference (a near-tie that rounding decides; a wrong kernel breaks the scale bound first)."""
+    monkeypatch.setenv("MLX_ENABLE_TF32", tf32)  # read per call by the kernels (no effect on the CPU)
     path = tmp_path_factory.mktemp("bf16-model")
     make_checkpoint(path, seed=21, linear_num_value_heads=4, linear_key_head_dim=32, linear_value_head_dim=16)
     model = load_model(path, mx.bfloat16)

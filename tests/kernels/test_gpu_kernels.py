@@ -60,6 +60,24 @@ def test_kernels_match_oracle_across_inputs(case):
         assert_close_to_scale(f"{method} state", np.array(state), ref_state, rel=REL)
 
 
+@pytest.mark.parametrize("mix", ["bf16", "model"], ids=lambda m: f"{m}-inputs")
+@pytest.mark.parametrize("T", [100, 1009], ids=lambda t: f"T{t}")
+def test_plain_tf32_products_stay_within_bf16_output_precision(monkeypatch, T, mix):
+    """16-bit outputs with MLX_ENABLE_TF32 on (the default outside the tests): on CUDA the products run in plain
+    TF32. The outputs must stay at bf16 rounding of the float64 oracle and the fp32 state within 5e-3 of its
+    scale; "model" passes fp32 q / k (l2-normed in fp32) with bf16 v, as the bf16 model does."""
+    monkeypatch.setenv("MLX_ENABLE_TF32", "1")
+    ref, args = make_gdn_inputs(B=1, Hk=4, Hv=8, Dk=128, Dv=128, T=T, seed=fresh_seed(), dtype=mx.bfloat16)
+    if mix == "model":
+        q, k, *rest = args
+        args = [q.astype(mx.float32), k.astype(mx.float32), *rest]
+    ref_out, ref_state = oracle.serial(*ref)
+    for method in ("serial", "chunked"):
+        out, state = gated_delta(*args, method=method, chunk_size=64)
+        assert_close_to_scale(f"{method} out", np.array(out.astype(mx.float32)), ref_out, rel=1e-2)
+        assert_close_to_scale(f"{method} state", np.array(state), ref_state, rel=5e-3)
+
+
 def test_kernels_are_bitwise_deterministic_over_20_runs():
     _, args = make_gdn_inputs(B=1, Hk=16, Hv=16, Dk=128, Dv=128, T=777, seed=fresh_seed())
     for method in ("chunked", "serial"):
