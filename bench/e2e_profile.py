@@ -100,6 +100,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--decode-context", type=int, default=512)
     parser.add_argument("--decode-steps", type=int, default=20)
+    parser.add_argument("--step-sweep", default="1024,2048,4096,8192",
+                        help="prefill step sizes to time on the longest context (empty: skip)")
     args = parser.parse_args()
     contexts = [int(t) for t in args.contexts.split(",")]
     model = load_model(ensure_demo(args.model), DEMO_DTYPES.get(args.model, mx.bfloat16))
@@ -118,6 +120,12 @@ def main() -> None:
         cells = [f"{m:.2f}" if component == "nothing" else f"{m:.2f} ({m - b:+.2f})"
                  for m, b in zip(ms, base, strict=True)]
         print(f"| {component} | " + " | ".join(cells) + " |")
+    if args.step_sweep:
+        T = max(contexts)
+        steps = [int(s) for s in args.step_sweep.split(",") if int(s) <= T]
+        ms = [time_prefill(model, T, PrefillOptions(args.method, 64, s), args.runs) * 1e3 for s in steps]
+        print(f"\nprefill of {T} tokens by step size: " + ", ".join(f"{s}: {m:.2f} ms" for s, m in zip(steps, ms,
+                                                                                                     strict=True)))
 
 
 if __name__ == "__main__":
