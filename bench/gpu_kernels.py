@@ -6,7 +6,7 @@ MLX-ops path and the built-in. Our times include MLX's launch cost (no kernel-on
 "ours / fla kernels" ratio is the strict one. A correctness gate (chunked vs serial kernel, and vs fla)
 runs first for every length; a red gate prints FAIL and no ratio.
 
-Usage: python bench/gpu_kernels.py [--contexts 4096,16384] [--runs 10]
+Usage: python bench/gpu_kernels.py [--contexts 4096,16384] [--runs 10] [--qk-dtype float32]
 """
 
 from __future__ import annotations
@@ -110,9 +110,10 @@ def rel_err(a, b) -> float:
     return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
 
 
-def row(T: int, runs: int, backend: str) -> dict:
+def row(T: int, runs: int, backend: str, qk_dtype: mx.Dtype = mx.bfloat16) -> dict:
     x = inputs(T)
     q, k, v = (mx.array(x[n].astype(np.float32)).astype(mx.bfloat16) for n in "qkv")
+    q, k = q.astype(qk_dtype), k.astype(qk_dtype)  # float32: what the model passes (q / k l2-normed in fp32)
     g, beta = mx.array(x["g"].astype(np.float32)), mx.array(x["beta"].astype(np.float32))
     s0 = mx.zeros((1, H, D, D), dtype=mx.float32)
     chunked = lambda: gpu.chunked(q, k, v, g, beta, s0, chunk_size=64, backend=backend)  # noqa: E731
@@ -152,6 +153,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--contexts", default="4096,16384")
     parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--qk-dtype", default="bfloat16", choices=["bfloat16", "float32"],
+                        help="float32: q and k as the model passes them (fla still gets bf16)")
     args = parser.parse_args()
     backend = gpu.gpu_backend()
     assert backend == "cuda", "run this on an NVIDIA GPU with MLX's CUDA backend"
@@ -165,12 +168,13 @@ def main() -> None:
         versions += f", torch {torch.__version__}, fla {fla.__version__}"
     except ImportError:
         versions += ", fla not installed"
-    print(f"GDN core per layer, B=1, {H} heads x {D}, bf16 q/k/v, fp32 gates and state, C=64; {smi}; {versions}")
+    print(f"GDN core per layer, B=1, {H} heads x {D}, {args.qk_dtype} q/k, bf16 v, fp32 gates and state, C=64; "
+          f"{smi}; {versions}")
     print("| T | ours chunked ms | fla chunk ms | ours / fla | fla kernels only ms | ours / fla kernels "
           "| MLX built-in ms | built-in / ours | ours serial ms | gate vs serial | gate vs fla |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|")
     for T in (int(t) for t in args.contexts.split(",")):
-        r = row(T, args.runs, backend)
+        r = row(T, args.runs, backend, getattr(mx, args.qk_dtype))
         ok = r["gate_serial"] < 2e-2 and r.get("gate_fla", 0.0) < 5e-2
         fla_ms = r.get("fla_ms", float("nan"))
         ratio = f"{r['chunked_ms'] / fla_ms:.2f}x" if ok else "FAIL"
