@@ -64,15 +64,20 @@ def without(component: str) -> Iterator[None]:
         setattr(owner, name, original)
 
 
-def time_prefill(model, T: int, opts: PrefillOptions, runs: int) -> float:
+PEAK_GB: dict[tuple[str, int], float] = {}  # (component turned off, T) -> peak MLX memory of that prefill
+
+
+def time_prefill(model, T: int, opts: PrefillOptions, runs: int, label: str = "") -> float:
     ids = mx.array(np.random.default_rng(T).integers(0, 256, (1, T)))
     times = []
     for i in range(runs + 1):  # the first run compiles
         cache = model.make_cache()
+        mx.reset_peak_memory()
         t0 = time.perf_counter()
         mx.eval(prefill(model, ids, cache, opts), cache_arrays(cache))
         if i:
             times.append(time.perf_counter() - t0)
+        PEAK_GB[label, T] = mx.get_peak_memory() / 1e9  # weights included
         mx.clear_cache()
     return statistics.median(times)
 
@@ -114,18 +119,21 @@ def main() -> None:
     base = None
     for component in ("nothing", "GDN core", "attention core", "GDN conv", "q/k l2-norm"):
         with without(component):
-            ms = [time_prefill(model, T, opts, args.runs) * 1e3 for T in contexts]
+            ms = [time_prefill(model, T, opts, args.runs, component) * 1e3 for T in contexts]
             ms.append(time_decode(model, args.decode_context, opts, args.decode_steps) * 1e3)
         base = base or ms
         cells = [f"{m:.2f}" if component == "nothing" else f"{m:.2f} ({m - b:+.2f})"
                  for m, b in zip(ms, base, strict=True)]
         print(f"| {component} | " + " | ".join(cells) + " |")
+    print("\npeak MLX memory of one prefill (GB, weights included): " + "; ".join(
+        f"{c}: " + ", ".join(f"@{T} {PEAK_GB[c, T]:.2f}" for T in contexts)
+        for c in dict.fromkeys(c for c, _ in PEAK_GB)))
     if args.step_sweep:
         T = max(contexts)
         steps = [int(s) for s in args.step_sweep.split(",") if int(s) <= T]
-        ms = [time_prefill(model, T, PrefillOptions(args.method, 64, s), args.runs) * 1e3 for s in steps]
-        print(f"\nprefill of {T} tokens by step size: " + ", ".join(f"{s}: {m:.2f} ms" for s, m in zip(steps, ms,
-                                                                                                     strict=True)))
+        ms = [time_prefill(model, T, PrefillOptions(args.method, 64, s), args.runs, f"step {s}") * 1e3 for s in steps]
+        print(f"\nprefill of {T} tokens by step size: " + ", ".join(
+            f"{s}: {m:.2f} ms (peak {PEAK_GB[f'step {s}', T]:.2f} GB)" for s, m in zip(steps, ms, strict=True)))
 
 
 if __name__ == "__main__":

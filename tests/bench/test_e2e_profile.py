@@ -21,4 +21,5 @@ def test_profile_runs_every_ablation_and_the_step_sweep():
     rows = dict(re.findall(r"^\| ([^|]+?) \| (.*) \|$", r.stdout, flags=re.M))
     assert set(rows) >= {"nothing", "GDN core", "attention core", "GDN conv", "q/k l2-norm"}, r.stdout
     assert all(len(cells.split("|")) == 3 for cells in rows.values() if "---" not in cells)
-    assert re.search(r"prefill of 90 tokens by step size: 32: [\d.]+ ms, 64: [\d.]+ ms", r.stdout), r.stdout
+    assert re.search(r"prefill of 90 tokens by step size: 32: [\d.]+ ms \(peak [\d.]+ GB\), 64: ", r.stdout), r.stdout
+    assert "peak MLX memory of one prefill" in r.stdout
