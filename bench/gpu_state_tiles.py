@@ -1,0 +1,67 @@
+"""The state pass's tiling, measured: value columns per threadgroup (TV) and threads per threadgroup (NT) of the
+sequential state pass (B = 1, 16 heads x 128, bf16 inputs, C = 64), each against the shipped setting on the same
+card and run, with its result checked against the shipped setting's.
+
+Usage: python bench/gpu_state_tiles.py [--contexts 4096,16384] [--tiles 16x256,8x128,8x256,32x256,16x128]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import mlx.core as mx
+
+from kernels import gpu
+
+H, D = 16, 128
+
+
+def timed(fn, reps: int = 20, samples: int = 5) -> float:
+    """Median ms per call over `samples` batches of `reps` back-to-back calls."""
+    mx.eval(fn())
+    times = []
+    for _ in range(samples):
+        mx.synchronize()
+        t0 = time.perf_counter()
+        mx.eval([fn() for _ in range(reps)])
+        mx.synchronize()
+        times.append((time.perf_counter() - t0) / reps * 1e3)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--contexts", default="4096,16384")
+    parser.add_argument("--tiles", default="16x256,8x128,8x256,32x256,16x128")
+    args = parser.parse_args()
+    backend = gpu.gpu_backend()
+    shipped = (gpu.STATE_TILE, gpu.STATE_THREADS)
+    tiles = [tuple(int(x) for x in t.split("x")) for t in args.tiles.split(",")]
+    print(f"state pass by (TV, NT) on {backend}; shipped {shipped}; ms (median of 5 x 20 calls)")
+    for T in (int(t) for t in args.contexts.split(",")):
+        q = (mx.random.normal((1, T, H, D)) / 11.3).astype(mx.bfloat16)
+        k = (mx.random.normal((1, T, H, D)) / 11.3).astype(mx.bfloat16)
+        v = mx.random.normal((1, T, H, D)).astype(mx.bfloat16)
+        g, beta = -mx.random.uniform(0, 2, (1, T, H)), mx.random.uniform(0, 1, (1, T, H))
+        s0 = mx.zeros((1, H, D, D))
+        plan = gpu.ChunkPlan(q, v, 64, backend)
+        w, u, p, gc = plan.prep(q, k, v, g, beta)
+        mx.eval(w, u, p, gc)
+        gpu.STATE_TILE, gpu.STATE_THREADS = shipped
+        _, _, reference = plan.states(k, w, u, gc, s0)
+        mx.eval(reference)
+        cells = []
+        for tv, nt in tiles:
+            gpu.STATE_TILE, gpu.STATE_THREADS = tv, nt
+            _, _, state = plan.states(k, w, u, gc, s0)
+            diff = float(mx.abs(state - reference).max() / mx.abs(reference).max())
+            ms = timed(lambda: plan.states(k, w, u, gc, s0))  # noqa: B023 - timed in this iteration
+            cells.append(f"{tv}x{nt}: {ms:.3f}" + ("" if diff < 1e-3 else f" (DIFFERS {diff:.1e})"))
+        gpu.STATE_TILE, gpu.STATE_THREADS = shipped
+        print(f"T={T}: " + ", ".join(cells))
+
+
+if __name__ == "__main__":
+    main()
