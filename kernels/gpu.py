@@ -48,8 +48,8 @@ def unsupported(q: mx.array, v: mx.array, chunk_size: int | None, backend: str) 
     Dk, Dv = q.shape[-1], v.shape[-1]
     if Dk % 32 or Dk > 256:
         return f"Dk={Dk} (kernels need a multiple of 32, at most 256)"
-    if Dv % STATE_TILE:
-        return f"Dv={Dv} (kernels need a multiple of {STATE_TILE})"
+    if Dv % max(STATE_TILE, 16):  # the state pass's value tile and the output kernel's 16-column warp tiles
+        return f"Dv={Dv} (kernels need a multiple of {max(STATE_TILE, 16)})"
     if chunk_size is not None and chunk_size not in GPU_CHUNK_SIZES:
         return f"chunk size {chunk_size} (GPU kernels take {GPU_CHUNK_SIZES})"
     if chunk_size is not None:
@@ -85,6 +85,11 @@ def kernel(backend: str, body: str):
 
 def _sizes(q: mx.array, v: mx.array) -> list[tuple[str, int]]:
     return [("DK", q.shape[-1]), ("DV", v.shape[-1]), ("HK", q.shape[2]), ("HV", v.shape[2])]
+
+
+def out_tile(Dv: int) -> int:
+    """Value columns per threadgroup of the output kernel (its warp tiles are 16 columns wide)."""
+    return 64 if Dv % 64 == 0 else 16
 
 
 def _slice(backend: str, C: int, Dk: int, Dv: int) -> int:
@@ -146,7 +151,7 @@ class ChunkPlan:
         self.B, self.Hv, self.Dk, self.Dv = B, Hv, Dk, Dv
         self.C, self.N, self.BH = chunk_size, -(-T // chunk_size), B * Hv
         self.ks = _slice(backend, chunk_size, Dk, Dv)
-        self.to = 64 if Dv % 64 == 0 else STATE_TILE  # output columns per threadgroup
+        self.to = out_tile(Dv)
         self.sizes = _sizes(q, v)
         self.tf = ("TF", tf32(backend, v.dtype))  # the outputs take v's dtype
 

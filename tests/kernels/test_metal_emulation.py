@@ -53,7 +53,7 @@ def run_chunked(sources, case, workdir, C, sanitize=False, broken=None):
     a = {**bufs, "w": _nan(BH, N, C, Dk), "u": _nan(BH, N, C, Dv),
          "p": _nan(BH, N, C, C), "gc": _nan(BH, N, C), "hs": _nan(BH, N, Dk, Dv), "r": _nan(BH, N, C, Dv),
          "out": _nan(*bufs["v"].shape), "state_out": _nan(B, Hv, Dv, Dk)}
-    to = 64 if Dv % 64 == 0 else gpu.STATE_TILE
+    to = gpu.out_tile(Dv)
     plan = [("chunk_prep", (N, BH, 1), gpu.PREP_THREADS),
             ("chunk_state", (Dv // gpu.STATE_TILE, BH, 1), gpu.STATE_THREADS),
             ("chunk_out", (N, Dv // to, BH), gpu.OUT_THREADS)]
@@ -88,6 +88,21 @@ def test_emulated_state_pass_with_cuda_style_rings(case, tmp_path, plan):
     assert "_".join(map(str, plan)) in sources["chunk_state"]  # the forced plan is in the instantiation
     out, state, runs = run_chunked(sources, case, tmp_path, 64, sanitize=True)
     assert all(r.returncode == 0 and "ThreadSanitizer" not in r.stderr for r in runs), [r.stderr for r in runs]
+    ref_out, ref_state = oracle.serial(*ref)
+    assert_close_to_scale("out", out, ref_out, rel=REL)
+    assert_close_to_scale("state", state, ref_state, rel=REL)
+
+
+@pytest.mark.parametrize("tiles", [(8, 128), (8, 256), (16, 128)], ids=lambda t: f"TV{t[0]}-NT{t[1]}")
+def test_emulated_state_pass_with_other_tilings(case, tmp_path, monkeypatch, tiles):
+    """bench/gpu_state_tiles.py times other (TV, NT) tilings of the state pass: the body must stay correct for
+    them (R and S tiles per warp change, some warps idle; TV divides this case's Dv = 48)."""
+    ref, _ = case
+    sources = extract_metal_sources(SHAPE, 64, tmp_path, tiles=tiles)
+    monkeypatch.setattr(gpu, "STATE_TILE", tiles[0])
+    monkeypatch.setattr(gpu, "STATE_THREADS", tiles[1])
+    out, state, runs = run_chunked(sources, case, tmp_path, 64)
+    assert all(r.returncode == 0 for r in runs), [r.stderr[-2000:] for r in runs]
     ref_out, ref_state = oracle.serial(*ref)
     assert_close_to_scale("out", out, ref_out, rel=REL)
     assert_close_to_scale("state", state, ref_state, rel=REL)

@@ -40,6 +40,8 @@ TRACE_SCRIPT = textwrap.dedent(
     from tests.kernels.inputs import make_gdn_inputs
     if {plan!r} is not None:  # a forced state-pass staging plan (WS, KR, SPAD, NBUF)
         gpu.state_staging = lambda *a: {plan!r}
+    if {tiles!r} is not None:  # a forced state-pass tiling (TV, NT)
+        gpu.STATE_TILE, gpu.STATE_THREADS = {tiles!r}
     _, (q, k, v, g, b, s) = make_gdn_inputs(**{shape!r})
     def f(q, k, v, g, b, s):
         return [*gpu.chunked(q, k, v, g, b, s, chunk_size={C}, backend="metal", verbose=True),
@@ -49,11 +51,13 @@ TRACE_SCRIPT = textwrap.dedent(
 )
 
 
-def extract_metal_sources(shape: dict, chunk_size: int, workdir: Path, plan: tuple | None = None) -> dict[str, str]:
+def extract_metal_sources(shape: dict, chunk_size: int, workdir: Path, plan: tuple | None = None,
+                          tiles: tuple | None = None) -> dict[str, str]:
     """{kernel name: generated MSL} for the chunked (prep, state) and serial kernels at `shape` (`plan`: force
-    the state pass's staging plan, e.g. CUDA's deeper ring, which Metal's planner does not pick)."""
+    the state pass's staging plan, e.g. CUDA's deeper ring, which Metal's planner does not pick; `tiles`: its
+    (TV, NT) tiling)."""
     script = TRACE_SCRIPT.format(repo=str(REPO), shape=shape, C=chunk_size, out=str(workdir / "trace.mlxfn"),
-                                 plan=plan)
+                                 plan=plan, tiles=tiles)
     # MLX prints from C++: only the child process's real stdout sees it
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
