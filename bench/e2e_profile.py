@@ -17,10 +17,10 @@ from collections.abc import Iterator
 os.environ.setdefault("MLX_ENABLE_CACHE_THRASHING_CHECK", "0")
 
 import mlx.core as mx
-import mlx.nn as nn
 import numpy as np
 
 import engine.model as model_module
+import kernels.prologue as prologue
 from engine.cache import cache_arrays
 from engine.demo import DEMO_DTYPES, ensure_demo
 from engine.generate import DEFAULT_PREFILL_STEP, PrefillOptions, decode_step, prefill
@@ -31,12 +31,18 @@ def _no_gdn_core(q, k, v, g, beta, state, **_):
     return mx.zeros(v.shape, v.dtype), state
 
 
+def _no_gdn_decode(qkv, conv_state, conv_w, a, b, a_log, dt_bias, state, *, num_k_heads, head_k_dim):
+    hv = a.shape[-1]
+    dv = (qkv.shape[-1] - 2 * num_k_heads * head_k_dim) // hv
+    return mx.zeros((qkv.shape[0], 1, hv, dv), qkv.dtype), conv_state, state
+
+
 def _no_attention_core(q, k, v, scale, mask=None):
     return q  # [B, H, T, D], the output's shape
 
 
-def _no_conv(self, qkv, cache):
-    return nn.silu(qkv)
+def _no_conv(qkv, conv_state, weight):
+    return qkv, qkv[:, -(weight.shape[1] - 1) :]
 
 
 def _no_l2norm(x, eps=1e-6, scale=1.0):
@@ -45,23 +51,22 @@ def _no_l2norm(x, eps=1e-6, scale=1.0):
 
 @contextlib.contextmanager
 def without(component: str) -> Iterator[None]:
-    """Replace one component of engine.model by a no-op of the same shapes for the duration."""
+    """Replace components of the model by no-ops of the same shapes for the duration. The decode step's conv and
+    norms are fused into one kernel on GPUs, so "GDN conv" and "q/k l2-norm" act on prefill there."""
     targets = {
-        "GDN core": (model_module, "gated_delta", _no_gdn_core),
-        "attention core": (model_module.mx.fast, "scaled_dot_product_attention", _no_attention_core),
-        "GDN conv": (model_module.GatedDeltaNet, "_conv", _no_conv),
-        "q/k l2-norm": (model_module, "l2_normalize", _no_l2norm),
+        "GDN core": [(model_module, "gated_delta", _no_gdn_core), (model_module, "gated_delta_decode", _no_gdn_decode)],
+        "attention core": [(model_module.mx.fast, "scaled_dot_product_attention", _no_attention_core)],
+        "GDN conv": [(model_module, "causal_conv_silu", _no_conv)],
+        "q/k l2-norm": [(prologue, "l2_normalize", _no_l2norm)],
     }
-    if component == "nothing":
-        yield
-        return
-    owner, name, replacement = targets[component]
-    original = getattr(owner, name)
-    setattr(owner, name, replacement)
+    saved = [(owner, name, getattr(owner, name)) for owner, name, _ in targets.get(component, [])]
+    for owner, name, replacement in targets.get(component, []):
+        setattr(owner, name, replacement)
     try:
         yield
     finally:
-        setattr(owner, name, original)
+        for owner, name, original in saved:
+            setattr(owner, name, original)
 
 
 PEAK_GB: dict[tuple[str, int], float] = {}  # (component turned off, T) -> peak MLX memory of that prefill

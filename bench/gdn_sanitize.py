@@ -16,6 +16,7 @@ import numpy as np
 
 from kernels import gpu
 from kernels.chunked import gated_delta_chunked
+from kernels.prologue import causal_conv_silu, decay_and_beta, split_heads
 from kernels.serial import gated_delta_serial
 
 
@@ -43,6 +44,22 @@ def main() -> int:
     out, state = gpu.serial(*args, backend=backend)
     ref_out, ref_state = gated_delta_serial(*args)
     worst = max(worst, _err(out, ref_out), _err(state, ref_state))
+    # the fused decode step against the prologue ops + the serial ops step
+    cd = 2 * Hk * Dk + Hv * Dv
+
+    def normal(*shape, scale=1.0):
+        return mx.array((rng.normal(size=shape) * scale).astype(np.float32))
+
+    row, past, w = normal(B, 1, cd), normal(B, 3, cd), normal(cd, 4, 1, scale=0.5)
+    a_, b_ = normal(B, 1, Hv), normal(B, 1, Hv)
+    a_log, dt_bias = mx.array(np.log(rng.uniform(0.5, 16, Hv)).astype(np.float32)), mx.zeros((Hv,))
+    out, conv, state = gpu.decode(row, past, w, a_, b_, a_log, dt_bias, args[5], num_k_heads=Hk, head_k_dim=Dk,
+                                  backend=backend)
+    mixed, ref_conv = causal_conv_silu(row, past, w)
+    q_, k_, v_ = split_heads(mixed, Hk, Hv, Dk, Dv)
+    g_, beta_ = decay_and_beta(a_, b_, a_log, dt_bias)
+    ref_out, ref_state = gated_delta_serial(q_, k_, v_, g_, beta_, args[5])
+    worst = max(worst, _err(out, ref_out), _err(conv, ref_conv), _err(state, ref_state))
     # bf16 q / k / v: the 16-bit key staging, and (on CUDA) the plain-TF32 products; checked against the fp32
     # result at bf16 output precision
     half = [a.astype(mx.bfloat16) if i < 3 else a for i, a in enumerate(args)]

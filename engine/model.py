@@ -15,7 +15,8 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from engine.cache import GDNCache, KVCache
-from kernels import gated_delta
+from kernels import gated_delta, gated_delta_decode
+from kernels.prologue import causal_conv_silu, decay_and_beta, split_heads
 
 SUPPORTED_MODEL_TYPES = ("qwen3_5_text", "qwen3_5")
 LAYER_TYPES = ("linear_attention", "full_attention")
@@ -79,13 +80,6 @@ class ModelArgs:
         return int(self.head_dim * self.partial_rotary_factor)
 
 
-def l2_normalize(x: mx.array, eps: float = 1e-6, scale: float = 1.0) -> mx.array:
-    """scale * x * rsqrt(sum(x^2) + eps) over the last axis (eps on the sum, as transformers and fla), as one
-    fused rms_norm: mean(x^2) + eps / D = (sum(x^2) + eps) / D, so rms_norm(x) = sqrt(D) * l2_normalize(x)."""
-    D = x.shape[-1]
-    return (scale * D**-0.5) * mx.fast.rms_norm(x, None, eps / D)
-
-
 @partial(mx.compile, shapeless=True)
 def _gated_tail(normed: mx.array, weight: mx.array, gate: mx.array) -> mx.array:
     """w * normed * silu(z) in fp32, back to normed's dtype: one fused kernel where MLX compiles."""
@@ -104,16 +98,6 @@ class RMSNormGated(nn.Module):
     def __call__(self, x: mx.array, gate: mx.array) -> mx.array:
         normed = mx.fast.rms_norm(x.astype(mx.float32), None, self.eps).astype(x.dtype)
         return _gated_tail(normed, self.weight, gate)
-
-
-@partial(mx.compile, shapeless=True)
-def decay_and_beta(a: mx.array, b: mx.array, a_log: mx.array, dt_bias: mx.array) -> tuple[mx.array, mx.array]:
-    """fp32 log decay g = -exp(A_log) * softplus(a + dt_bias) (softplus thresholded at 20, g floored at -88:
-    exp(-88) is already ~0) and beta = sigmoid(b); one fused kernel where MLX compiles."""
-    x = a.astype(mx.float32) + dt_bias.astype(mx.float32)
-    softplus = mx.where(x > 20.0, x, mx.logaddexp(x, 0.0))
-    g = -mx.exp(a_log.astype(mx.float32)) * softplus
-    return mx.maximum(g, -88.0), mx.sigmoid(b.astype(mx.float32))
 
 
 class GatedDeltaNet(nn.Module):
@@ -139,31 +123,21 @@ class GatedDeltaNet(nn.Module):
         self.norm = RMSNormGated(self.head_v_dim, args.rms_norm_eps)
         self.out_proj = nn.Linear(self.value_dim, args.hidden_size, bias=False)
 
-    def _conv(self, qkv: mx.array, cache: GDNCache) -> mx.array:
-        """Causal depthwise conv continuing from the cached last K-1 pre-conv rows; SiLU after."""
-        B, T, C = qkv.shape
-        past = cache.conv_state
-        if past is None:
-            past = mx.zeros((B, self.conv_kernel_size - 1, C), dtype=qkv.dtype)
-        window = mx.concatenate([past.astype(qkv.dtype), qkv], axis=1)
-        cache.conv_state = window[:, -(self.conv_kernel_size - 1) :]
-        return nn.silu(self.conv1d(window))  # "valid" conv: exactly T outputs
-
     def __call__(self, x: mx.array, cache: GDNCache) -> mx.array:
         B, T, _ = x.shape
-        mixed = self._conv(self.in_proj_qkv(x), cache)
-        q, k, v = mx.split(mixed, [self.key_dim, 2 * self.key_dim], axis=-1)
-        q = q.reshape(B, T, self.num_k_heads, self.head_k_dim).astype(mx.float32)
-        k = k.reshape(B, T, self.num_k_heads, self.head_k_dim).astype(mx.float32)
-        v = v.reshape(B, T, self.num_v_heads, self.head_v_dim)
-        q = l2_normalize(q, scale=self.head_k_dim**-0.5)  # the only place the q scale is applied
-        k = l2_normalize(k)
-        g, beta = decay_and_beta(self.in_proj_a(x), self.in_proj_b(x), self.A_log, self.dt_bias)
-        state = cache.state
-        if state is None:
-            state = mx.zeros((B, self.num_v_heads, self.head_v_dim, self.head_k_dim), dtype=mx.float32)
-        method = cache.method if T > 1 else "serial"  # decode: one token, always the serial step
-        out, cache.state = gated_delta(q, k, v, g, beta, state, method=method, chunk_size=cache.chunk_size)
+        a, b, qkv = self.in_proj_a(x), self.in_proj_b(x), self.in_proj_qkv(x)
+        if T == 1:  # decode: conv, norms, gates and the serial step fused into one call (one kernel on GPUs)
+            out, cache.conv_state, cache.state = gated_delta_decode(
+                qkv, cache.conv_state, self.conv1d.weight, a, b, self.A_log, self.dt_bias, cache.state,
+                num_k_heads=self.num_k_heads, head_k_dim=self.head_k_dim)
+        else:
+            mixed, cache.conv_state = causal_conv_silu(qkv, cache.conv_state, self.conv1d.weight)
+            q, k, v = split_heads(mixed, self.num_k_heads, self.num_v_heads, self.head_k_dim, self.head_v_dim)
+            g, beta = decay_and_beta(a, b, self.A_log, self.dt_bias)
+            state = cache.state
+            if state is None:
+                state = mx.zeros((B, self.num_v_heads, self.head_v_dim, self.head_k_dim), dtype=mx.float32)
+            out, cache.state = gated_delta(q, k, v, g, beta, state, method=cache.method, chunk_size=cache.chunk_size)
         z = self.in_proj_z(x).reshape(B, T, self.num_v_heads, self.head_v_dim)
         out = self.norm(out, z).reshape(B, T, self.value_dim)
         return self.out_proj(out)

@@ -14,11 +14,12 @@ import mlx.core as mx
 
 from kernels import gpu
 from kernels.chunked import CHUNK_SIZES, gated_delta_chunked
+from kernels.prologue import causal_conv_silu, decay_and_beta, split_heads
 from kernels.serial import gated_delta_serial
 
 METHODS = ("serial", "chunked")
 ENV_OPS = "DELTASERVE_GDN_OPS"  # "1": force the MLX-ops path on a GPU (for comparison)
-__all__ = ["CHUNK_SIZES", "ENV_OPS", "METHODS", "gated_delta", "implementation"]
+__all__ = ["CHUNK_SIZES", "ENV_OPS", "METHODS", "gated_delta", "gated_delta_decode", "implementation"]
 log = logging.getLogger("deltaserve")
 _warned: set[str] = set()
 
@@ -66,3 +67,39 @@ def gated_delta(
         return gpu.serial(q, k, v, g, beta, state, backend=backend)
     ops = gated_delta_chunked if method == "chunked" else gated_delta_serial
     return ops(q, k, v, g, beta, state, chunk_size=chunk_size)
+
+
+def gated_delta_decode(
+    qkv: mx.array,
+    conv_state: mx.array | None,
+    conv_w: mx.array,
+    a: mx.array,
+    b: mx.array,
+    a_log: mx.array,
+    dt_bias: mx.array,
+    state: mx.array | None,
+    *,
+    num_k_heads: int,
+    head_k_dim: int,
+) -> tuple[mx.array, mx.array, mx.array]:
+    """One decode token of a GDN layer: causal conv + SiLU of the projections qkv [B, 1, 2 Hk Dk + Hv Dv]
+    against the cached K-1 rows conv_state [B, K-1, ·] (None: zeros; conv_w [·, K, 1]), the q / k l2-norm, the
+    decay and beta from a, b [B, 1, Hv], and the serial step of state [B, Hv, Dv, Dk] (None: zeros). Returns
+    (out [B, 1, Hv, Dv] in qkv's dtype, the new conv rows, the new state). One kernel on GPUs (decode is bound
+    by launches); kernels/prologue.py and the serial core elsewhere, which the kernel reproduces."""
+    B, _, CD = qkv.shape
+    Hv = a.shape[-1]
+    Dv = (CD - 2 * num_k_heads * head_k_dim) // Hv
+    if state is None:
+        state = mx.zeros((B, Hv, Dv, head_k_dim), dtype=mx.float32)
+    if conv_state is None:
+        conv_state = mx.zeros((B, conv_w.shape[1] - 1, CD), dtype=qkv.dtype)
+    backend = _backend()
+    if backend and qkv.shape[1] == 1 and not gpu.unsupported_dims(head_k_dim, Dv, None, backend):
+        return gpu.decode(qkv, conv_state, conv_w, a, b, a_log, dt_bias, state, num_k_heads=num_k_heads,
+                          head_k_dim=head_k_dim, backend=backend)
+    mixed, conv_state = causal_conv_silu(qkv, conv_state, conv_w)
+    q, k, v = split_heads(mixed, num_k_heads, Hv, head_k_dim, Dv)
+    g, beta = decay_and_beta(a, b, a_log, dt_bias)
+    out, state = gated_delta(q, k, v, g, beta, state, method="serial")
+    return out, conv_state, state

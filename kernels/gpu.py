@@ -31,6 +31,8 @@ BODIES = {
     "chunk_state": (("k", "w", "u", "gc", "state_in"), ("hs", "r", "state_out")),
     "chunk_out": (("q", "hs", "r", "p", "gc"), ("out",)),
     "serial": (("q", "k", "v", "g", "beta", "state_in"), ("out", "state_out")),
+    "decode": (("qkv", "conv_state", "conv_w", "a_proj", "b_proj", "a_log", "dt_bias", "state_in"),
+               ("out", "conv_out", "state_out")),
 }
 
 
@@ -45,7 +47,11 @@ def gpu_backend() -> str | None:
 
 def unsupported(q: mx.array, v: mx.array, chunk_size: int | None, backend: str) -> str | None:
     """Why the kernels cannot take these shapes (the caller falls back to the ops path), or None."""
-    Dk, Dv = q.shape[-1], v.shape[-1]
+    return unsupported_dims(q.shape[-1], v.shape[-1], chunk_size, backend, q.dtype.size)
+
+
+def unsupported_dims(Dk: int, Dv: int, chunk_size: int | None, backend: str, key_bytes: int = 4) -> str | None:
+    """`unsupported` from the head dims (and, for the chunked kernels, the chunk size and key element size)."""
     if Dk % 32 or Dk > 256:
         return f"Dk={Dk} (kernels need a multiple of 32, at most 256)"
     if Dv % max(STATE_TILE, 16):  # the state pass's value tile and the output kernel's 16-column warp tiles
@@ -53,8 +59,8 @@ def unsupported(q: mx.array, v: mx.array, chunk_size: int | None, backend: str) 
     if chunk_size is not None and chunk_size not in GPU_CHUNK_SIZES:
         return f"chunk size {chunk_size} (GPU kernels take {GPU_CHUNK_SIZES})"
     if chunk_size is not None:
-        plan = state_staging(backend, chunk_size, Dk, Dv, q.dtype.size)
-        if _state_bytes(chunk_size, Dk, *plan, q.dtype.size) > SMEM_BYTES[backend]:
+        plan = state_staging(backend, chunk_size, Dk, Dv, key_bytes)
+        if _state_bytes(chunk_size, Dk, *plan, key_bytes) > SMEM_BYTES[backend]:
             return f"Dk={Dk} with chunk size {chunk_size} ({backend} threadgroup memory)"
     return None
 
@@ -206,3 +212,24 @@ def serial(q, k, v, g, beta, state, *, backend: str, verbose: bool = False):
         verbose=verbose,
     )
     return out, new_state
+
+
+def decode(qkv, conv_state, conv_w, a, b, a_log, dt_bias, state, *, num_k_heads: int, head_k_dim: int,
+           backend: str, verbose: bool = False):
+    """One decode token of a GDN layer in one kernel (see kernels.gated_delta_decode): one 32-thread group per
+    (SERIAL_ROWS value rows, head, sequence)."""
+    B, _, CD = qkv.shape
+    Hv, Dv = state.shape[1], state.shape[2]
+    CK = conv_w.shape[1]
+    out, conv_out, new_state = kernel(backend, "decode")(
+        inputs=[qkv, conv_state.astype(qkv.dtype), conv_w, a, b, a_log.astype(mx.float32),
+                dt_bias.astype(mx.float32), state.astype(mx.float32)],
+        output_shapes=[(B, 1, Hv, Dv), (B, CK - 1, CD), state.shape],
+        output_dtypes=[qkv.dtype, qkv.dtype, mx.float32],
+        grid=(Dv // SERIAL_ROWS * 32, B * Hv, 1),
+        threadgroup=(32, 1, 1),
+        template=[("OutT", qkv.dtype), ("CK", CK), ("DK", head_k_dim), ("DV", Dv), ("HK", num_k_heads), ("HV", Hv),
+                  ("RPW", SERIAL_ROWS)],
+        verbose=verbose,
+    )
+    return out, conv_out, new_state

@@ -10,4 +10,6 @@
 #define DS_SHARED_PTR(T) T*
 #define DS_WARP_SUM(x) ds_warp_sum(x)
 #define DS_EXP(x) expf(x)
+#define DS_LOG(x) logf(x)
+#define DS_RSQRT(x) rsqrtf(x)
 #define DS_MAX(a, b) fmaxf(a, b)

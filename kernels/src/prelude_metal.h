@@ -12,4 +12,6 @@
 #endif
 #define DS_WARP_SUM(x) simd_sum(x)
 #define DS_EXP(x) metal::exp(x)
+#define DS_LOG(x) metal::log(x)
+#define DS_RSQRT(x) metal::rsqrt(x)
 #define DS_MAX(a, b) metal::max(a, b)

@@ -75,3 +75,29 @@ def chunked(q, k, v, g, beta, state, C):
     result["out"] = result["O"].reshape(B, Hv, N * C, Dv)[:, :, :T].transpose(0, 2, 1, 3)
     result["state"] = final.transpose(0, 1, 3, 2)
     return result
+
+
+def decode_step(qkv, conv_state, conv_w, a, b, a_log, dt_bias, state, Hk, Dk):
+    """One decode token of a Qwen3.5 GDN layer in float64, from the layer's definition (transformers'
+    Qwen3_5GatedDeltaNet): depthwise causal conv over [cached K-1 rows, new row], SiLU, split into q | k | v,
+    l2-norm q and k (eps 1e-6 on the sum), q / sqrt(Dk), g = -exp(A_log) softplus(a + dt_bias),
+    beta = sigmoid(b), then the recurrence. qkv [B, 1, CD]; conv_state [B, K-1, CD]; conv_w [CD, K, 1];
+    a, b [B, 1, Hv]; state [B, Hv, Dv, Dk]. Returns (o [B, 1, Hv, Dv], conv_state', state')."""
+    qkv, conv_state, conv_w, a, b, a_log, dt_bias = (
+        np.asarray(x, dtype=np.float64) for x in (qkv, conv_state, conv_w, a, b, a_log, dt_bias))
+    B, _, CD = qkv.shape
+    Hv = a.shape[-1]
+    Dv = (CD - 2 * Hk * Dk) // Hv
+    window = np.concatenate([conv_state, qkv], axis=1)  # [B, K, CD]
+    y = np.einsum("bkc,ck->bc", window, conv_w[:, :, 0])[:, None]  # [B, 1, CD]
+    y = y / (1 + np.exp(-y))
+    q = y[..., : Hk * Dk].reshape(B, 1, Hk, Dk)
+    k = y[..., Hk * Dk : 2 * Hk * Dk].reshape(B, 1, Hk, Dk)
+    v = y[..., 2 * Hk * Dk :].reshape(B, 1, Hv, Dv)
+    q = q / np.sqrt((q * q).sum(-1, keepdims=True) + 1e-6) / np.sqrt(Dk)
+    k = k / np.sqrt((k * k).sum(-1, keepdims=True) + 1e-6)
+    x = a + dt_bias
+    g = -np.exp(a_log) * np.where(x > 20, x, np.logaddexp(x, 0))
+    beta = 1 / (1 + np.exp(-b))
+    out, new_state = serial(q, k, v, g, beta, state)
+    return out, window[:, 1:], new_state

@@ -67,6 +67,8 @@ CASES = {
     "chunk_out-fp16-tf32": ("chunk_out", "float16", dict(OutT="float16", QT="float16", QX=True, TF=True, C=64,
                                                         **SIZES, TO=64, KS=32, NT=gpu.OUT_THREADS)),
     "serial-fp16": ("serial", "float16", dict(OutT="float16", **SIZES, RPW=gpu.SERIAL_ROWS)),
+    "decode-bf16": ("decode", "bfloat16", dict(OutT="bfloat16", CK=4, **SIZES, RPW=gpu.SERIAL_ROWS)),
+    "decode-fp32": ("decode", "float32", dict(OutT="float32", CK=4, **SIZES, RPW=gpu.SERIAL_ROWS)),
 }
 # What the bf16 model passes: q and k l2-normed in fp32, v (and the outputs) bf16, TF32 products.
 MODEL_MIX = {"q": "float32", "k": "float32"}
@@ -93,7 +95,7 @@ def nvcc(tmp_path, text: str, *flags: str) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize("case", list(CASES))
 def test_cuda_form_compiles(case, tmp_path):
     body, dtype, template = CASES[case]
-    fp32 = {"g", "beta", "w", "u", "p", "gc", "hs", "r", "state_in", "state_out"}
+    fp32 = {"g", "beta", "w", "u", "p", "gc", "hs", "r", "state_in", "state_out", "a_log", "dt_bias"}
     mix = MODEL_MIX if case.endswith("model-mix") else {}
     types = {n: "float32" if n in fp32 else mix.get(n, dtype)
              for n in gpu.BODIES[body][0] + gpu.BODIES[body][1]}

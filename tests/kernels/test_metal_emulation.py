@@ -61,7 +61,7 @@ def run_chunked(sources, case, workdir, C, sanitize=False, broken=None):
     return a["out"], a["state_out"], runs
 
 
-@pytest.mark.parametrize("kernel", ["chunk_prep", "chunk_state", "chunk_out", "serial"])
+@pytest.mark.parametrize("kernel", ["chunk_prep", "chunk_state", "chunk_out", "serial", "decode"])
 def test_generated_msl_passes_a_syntax_check(sources, tmp_path, kernel):
     src = tmp_path / "check.cpp"
     src.write_text(f'#include "{HERE / "metal_shim.h"}"\n{sources[kernel]}\n')
@@ -106,6 +106,24 @@ def test_emulated_state_pass_with_other_tilings(case, tmp_path, monkeypatch, til
     ref_out, ref_state = oracle.serial(*ref)
     assert_close_to_scale("out", out, ref_out, rel=REL)
     assert_close_to_scale("state", state, ref_state, rel=REL)
+
+
+def test_emulated_decode_kernel_matches_the_oracle(sources, tmp_path):
+    """The fused decode step (conv, SiLU, norms, gates, serial step, conv-cache shift) at the test shape."""
+    from tests.kernels.test_decode import decode_inputs
+
+    B, Hk, Hv, Dk, Dv = SHAPE["B"], SHAPE["Hk"], SHAPE["Hv"], SHAPE["Dk"], SHAPE["Dv"]
+    ref, arrays = decode_inputs(B=B, Hk=Hk, Hv=Hv, Dk=Dk, Dv=Dv, seed=11)
+    names = gpu.BODIES["decode"][0]
+    bufs = {n: np.array(a) for n, a in zip(names, arrays, strict=True)}
+    CD = bufs["qkv"].shape[-1]
+    bufs |= {"out": _nan(B, 1, Hv, Dv), "conv_out": _nan(B, 3, CD), "state_out": _nan(B, Hv, Dv, Dk)}
+    r = Emulator(sources["decode"], tmp_path).run(bufs, (Dv // gpu.SERIAL_ROWS, B * Hv, 1), 32)
+    assert r.returncode == 0, r.stderr
+    ref_out, ref_conv, ref_state = oracle.decode_step(*ref, Hk, Dk)
+    assert_close_to_scale("out", bufs["out"], ref_out, rel=REL)
+    assert_close_to_scale("conv cache", bufs["conv_out"], ref_conv, rel=REL)
+    assert_close_to_scale("state", bufs["state_out"], ref_state, rel=REL)
 
 
 def test_emulated_serial_kernel_matches_the_oracle(sources, case, tmp_path):

@@ -44,8 +44,14 @@ TRACE_SCRIPT = textwrap.dedent(
         gpu.STATE_TILE, gpu.STATE_THREADS = {tiles!r}
     _, (q, k, v, g, b, s) = make_gdn_inputs(**{shape!r})
     def f(q, k, v, g, b, s):
+        B, _, Hk, Dk = q.shape
+        Hv, Dv = v.shape[2:]
+        cd = 2 * Hk * Dk + Hv * Dv  # the decode kernel's inputs: only their shapes and dtypes matter here
+        row, past, w, ab, hv = (mx.zeros(x) for x in ((B, 1, cd), (B, 3, cd), (cd, 4, 1), (B, 1, Hv), (Hv,)))
         return [*gpu.chunked(q, k, v, g, b, s, chunk_size={C}, backend="metal", verbose=True),
-                *gpu.serial(q, k, v, g, b, s, backend="metal", verbose=True)]
+                *gpu.serial(q, k, v, g, b, s, backend="metal", verbose=True),
+                *gpu.decode(row, past, w, ab, ab, hv, hv, s, num_k_heads=Hk, head_k_dim=Dk, backend="metal",
+                            verbose=True)]
     mx.export_function({out!r}, f, q, k, v, g, b, s)
     """
 )
@@ -53,9 +59,9 @@ TRACE_SCRIPT = textwrap.dedent(
 
 def extract_metal_sources(shape: dict, chunk_size: int, workdir: Path, plan: tuple | None = None,
                           tiles: tuple | None = None) -> dict[str, str]:
-    """{kernel name: generated MSL} for the chunked (prep, state) and serial kernels at `shape` (`plan`: force
-    the state pass's staging plan, e.g. CUDA's deeper ring, which Metal's planner does not pick; `tiles`: its
-    (TV, NT) tiling)."""
+    """{kernel name: generated MSL} for the chunked (prep, state, out), serial and decode kernels at `shape`
+    (`plan`: force the state pass's staging plan, e.g. CUDA's deeper ring, which Metal's planner does not pick;
+    `tiles`: its (TV, NT) tiling)."""
     script = TRACE_SCRIPT.format(repo=str(REPO), shape=shape, C=chunk_size, out=str(workdir / "trace.mlxfn"),
                                  plan=plan, tiles=tiles)
     # MLX prints from C++: only the child process's real stdout sees it

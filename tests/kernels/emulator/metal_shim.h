@@ -47,6 +47,7 @@ inline T as_type(const U& u) {  // Metal's bit cast
 
 namespace metal {
 using std::exp;
+using std::log;
 using std::max;
 using std::min;
 inline float rsqrt(float x) { return 1.0f / std::sqrt(x); }
