@@ -36,7 +36,8 @@ def gated_delta_serial(
     """Token-by-token recurrence (`chunk_size` is accepted for a uniform signature and ignored).
 
     q, k [B, T, Hk, Dk] (normalised, q scaled); v [B, T, Hv, Dv]; g (log decay) and beta [B, T, Hv] fp32;
-    state [B, Hv, Dv, Dk] fp32. Returns (out [B, T, Hv, Dv] in v's dtype, new state fp32).
+    state [B, Hv, Dv, Dk] fp32. Returns (out [B, T, Hv, Dv] fp32, new state fp32). (The other paths return v's
+    dtype; returning it here too changes bf16 model numerics on the CPU, see docs/BENCHMARKS.md's notes.)
     """
     groups = v.shape[2] // k.shape[2]
     if groups > 1:  # value head h reads key head h // groups
