@@ -81,6 +81,18 @@ class ModelArgs:
 
 
 @partial(mx.compile, shapeless=True)
+def _swiglu(gate: mx.array, up: mx.array) -> mx.array:
+    """silu(gate) * up in one kernel where MLX compiles."""
+    return nn.silu(gate) * up
+
+
+@partial(mx.compile, shapeless=True)
+def _sigmoid_gate(x: mx.array, gate: mx.array) -> mx.array:
+    """x * sigmoid(gate) in one kernel where MLX compiles."""
+    return x * mx.sigmoid(gate)
+
+
+@partial(mx.compile, shapeless=True)
 def _gated_tail(normed: mx.array, weight: mx.array, gate: mx.array) -> mx.array:
     """w * normed * silu(z) in fp32, back to normed's dtype: one fused kernel where MLX compiles."""
     g = gate.astype(mx.float32)
@@ -96,7 +108,7 @@ class RMSNormGated(nn.Module):
         self.eps = eps
 
     def __call__(self, x: mx.array, gate: mx.array) -> mx.array:
-        normed = mx.fast.rms_norm(x.astype(mx.float32), None, self.eps).astype(x.dtype)
+        normed = mx.fast.rms_norm(x, None, self.eps)  # fp32 inside, x's dtype out
         return _gated_tail(normed, self.weight, gate)
 
 
@@ -174,7 +186,7 @@ class Attention(nn.Module):
         mask = "causal" if T > 1 else None  # lower-right aligned: correct against a filled cache
         o = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask=mask)
         o = o.transpose(0, 2, 1, 3).reshape(B, T, -1)
-        return self.o_proj(o * mx.sigmoid(gate.reshape(B, T, -1)))
+        return self.o_proj(_sigmoid_gate(o, gate.reshape(B, T, -1)))
 
 
 class MLP(nn.Module):
@@ -185,7 +197,7 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(hidden_dim, dim, bias=False)
 
     def __call__(self, x: mx.array) -> mx.array:
-        return self.down_proj(nn.silu(self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(_swiglu(self.gate_proj(x), self.up_proj(x)))
 
 
 class DecoderLayer(nn.Module):
