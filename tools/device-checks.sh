@@ -3,7 +3,7 @@
 # $OUT/<part>-*.txt (and the terminal). Needs the wheels installed by tools/device-env.sh in this call or an
 # earlier one on the same warm machine: carry [".whl2", ".whl3"] after the `cp .whl/* /root/w/` call.
 #   bash tools/device-checks.sh e2e      # component ablation + step sweep, then the peers' table + server TTFT
-#   bash tools/device-checks.sh gates    # GPU tests (fp32 gates, TF32 gates, whole-model gates) + racecheck
+#   bash tools/device-checks.sh gates    # GPU tests (fused decode, fp32 / TF32 / whole-model gates) + racecheck
 #   bash tools/device-checks.sh kernels  # per-layer kernel table, bf16 q / k and the model's fp32 q / k
 #   bash tools/device-checks.sh tiles    # the state pass's (TV, NT) tiling against the shipped one
 set -uo pipefail
@@ -17,8 +17,9 @@ case "${1:?part: e2e, gates, kernels or tiles}" in
       | grep -v -i "warn\|deprecat\|forward_call\|falling back" | tee "$out/e2e-table.txt"
     ;;
   gates)
-    timeout 420 python3 -m pytest -q -x tests/kernels/test_gpu_kernels.py tests/kernels/test_chunked.py \
-      tests/engine/test_chunked_model.py 2>&1 | tail -5 | tee "$out/gates-pytest.txt"
+    timeout 420 python3 -m pytest -q -x tests/kernels/test_decode.py tests/engine/test_cache.py \
+      tests/kernels/test_gpu_kernels.py tests/kernels/test_chunked.py tests/engine/test_chunked_model.py 2>&1 \
+      | tail -5 | tee "$out/gates-pytest.txt"
     timeout 150 compute-sanitizer --tool racecheck python3 bench/gdn_sanitize.py 2>&1 | tail -3 \
       | tee "$out/gates-racecheck.txt"
     ;;
