@@ -14,9 +14,8 @@ os.environ.setdefault("MLX_ENABLE_TF32", "0")  # the ops reference must not run 
 import mlx.core as mx
 import numpy as np
 
-from kernels import gpu
+from kernels import ENV_OPS, gated_delta_decode_ops, gpu
 from kernels.chunked import gated_delta_chunked
-from kernels.prologue import causal_conv_silu, decay_and_beta, split_heads
 from kernels.serial import gated_delta_serial
 
 
@@ -44,7 +43,7 @@ def main() -> int:
     out, state = gpu.serial(*args, backend=backend)
     ref_out, ref_state = gated_delta_serial(*args)
     worst = max(worst, _err(out, ref_out), _err(state, ref_state))
-    # the fused decode step against the prologue ops + the serial ops step
+    # the fused decode step against its ops reference
     cd = 2 * Hk * Dk + Hv * Dv
 
     def normal(*shape, scale=1.0):
@@ -55,10 +54,10 @@ def main() -> int:
     a_log, dt_bias = mx.array(np.log(rng.uniform(0.5, 16, Hv)).astype(np.float32)), mx.zeros((Hv,))
     out, conv, state = gpu.decode(row, past, w, a_, b_, a_log, dt_bias, args[5], num_k_heads=Hk, head_k_dim=Dk,
                                   backend=backend)
-    mixed, ref_conv = causal_conv_silu(row, past, w)
-    q_, k_, v_ = split_heads(mixed, Hk, Hv, Dk, Dv)
-    g_, beta_ = decay_and_beta(a_, b_, a_log, dt_bias)
-    ref_out, ref_state = gated_delta_serial(q_, k_, v_, g_, beta_, args[5])
+    os.environ[ENV_OPS] = "1"  # the reference's serial step as MLX ops too
+    ref_out, ref_conv, ref_state = gated_delta_decode_ops(row, past, w, a_, b_, a_log, dt_bias, args[5],
+                                                          num_k_heads=Hk, head_k_dim=Dk)
+    del os.environ[ENV_OPS]
     worst = max(worst, _err(out, ref_out), _err(conv, ref_conv), _err(state, ref_state))
     # bf16 q / k / v: the 16-bit key staging, and (on CUDA) the plain-TF32 products; checked against the fp32
     # result at bf16 output precision

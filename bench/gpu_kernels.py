@@ -23,8 +23,7 @@ os.environ.setdefault("MLX_ENABLE_CACHE_THRASHING_CHECK", "0")
 import mlx.core as mx
 import numpy as np
 
-from kernels import gpu
-from kernels.prologue import causal_conv_silu, decay_and_beta, split_heads
+from kernels import ENV_OPS, gated_delta_decode_ops, gpu
 from kernels.serial import gated_delta_serial
 
 H, D = 16, 128
@@ -158,15 +157,16 @@ def decode_row(runs: int, backend: str) -> dict:
     a_log, dt_bias = mx.array(np.log(rng.uniform(0.5, 16, H)).astype(np.float32)), mx.zeros((H,))
 
     def layer_ops():
-        mixed, conv = causal_conv_silu(row, past, w)
-        q_, k_, v_ = split_heads(mixed, H, H, D, D)
-        g_, beta_ = decay_and_beta(a, b, a_log, dt_bias)
-        return (*gated_delta_serial(q_, k_, v_, g_, beta_, s0), conv)
+        os.environ[ENV_OPS] = "1"  # the serial step as MLX ops as well
+        try:
+            return gated_delta_decode_ops(row, past, w, a, b, a_log, dt_bias, s0, num_k_heads=H, head_k_dim=D)
+        finally:
+            del os.environ[ENV_OPS]
 
     fused = lambda: gpu.decode(row, past, w, a, b, a_log, dt_bias, s0, num_k_heads=H, head_k_dim=D,  # noqa: E731
                                backend=backend)
     o_f, c_f, s_f = fused()
-    o_o, s_o, c_o = layer_ops()
+    o_o, c_o, s_o = layer_ops()
     res["layer_gate"] = max(rel_err(o_f.astype(mx.float32), o_o.astype(mx.float32)), rel_err(s_f, s_o),
                             rel_err(c_f.astype(mx.float32), c_o.astype(mx.float32)))
     res["fused_ms"] = time_mlx(fused, runs, 50) * 1e3

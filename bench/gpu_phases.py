@@ -29,14 +29,19 @@ def timed(fn, reps: int = 20, samples: int = 5) -> float:
     return statistics.median(times)
 
 
+def layer_inputs(T: int) -> tuple[mx.array, ...]:
+    """q, k, v (bf16, q / k at unit-norm scale), g, beta and a zero state for one layer at the 0.8B head shape."""
+    q = (mx.random.normal((1, T, H, D)) / 11.3).astype(mx.bfloat16)
+    k = (mx.random.normal((1, T, H, D)) / 11.3).astype(mx.bfloat16)
+    v = mx.random.normal((1, T, H, D)).astype(mx.bfloat16)
+    g, beta = -mx.random.uniform(0, 2, (1, T, H)), mx.random.uniform(0, 1, (1, T, H))
+    return q, k, v, g, beta, mx.zeros((1, H, D, D))
+
+
 def main() -> None:
     backend = gpu.gpu_backend()
     for T in (int(t) for t in (sys.argv[1] if len(sys.argv) > 1 else "4096,16384").split(",")):
-        q = (mx.random.normal((1, T, H, D)) / 11.3).astype(mx.bfloat16)
-        k = (mx.random.normal((1, T, H, D)) / 11.3).astype(mx.bfloat16)
-        v = mx.random.normal((1, T, H, D)).astype(mx.bfloat16)
-        g, beta = -mx.random.uniform(0, 2, (1, T, H)), mx.random.uniform(0, 1, (1, T, H))
-        s0 = mx.zeros((1, H, D, D))
+        q, k, v, g, beta, s0 = layer_inputs(T)
         plan = gpu.ChunkPlan(q, v, 64, backend)
         w, u, p, gc = plan.prep(q, k, v, g, beta)
         hs, r, _ = plan.states(k, w, u, gc, s0)

@@ -8,27 +8,11 @@ Usage: python bench/gpu_state_tiles.py [--contexts 4096,16384] [--tiles 16x256,8
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import mlx.core as mx
+from gpu_phases import layer_inputs, timed  # bench/ is on sys.path when a bench script runs
 
 from kernels import gpu
-
-H, D = 16, 128
-
-
-def timed(fn, reps: int = 20, samples: int = 5) -> float:
-    """Median ms per call over `samples` batches of `reps` back-to-back calls."""
-    mx.eval(fn())
-    times = []
-    for _ in range(samples):
-        mx.synchronize()
-        t0 = time.perf_counter()
-        mx.eval([fn() for _ in range(reps)])
-        mx.synchronize()
-        times.append((time.perf_counter() - t0) / reps * 1e3)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -41,11 +25,7 @@ def main() -> None:
     tiles = [tuple(int(x) for x in t.split("x")) for t in args.tiles.split(",")]
     print(f"state pass by (TV, NT) on {backend}; shipped {shipped}; ms (median of 5 x 20 calls)")
     for T in (int(t) for t in args.contexts.split(",")):
-        q = (mx.random.normal((1, T, H, D)) / 11.3).astype(mx.bfloat16)
-        k = (mx.random.normal((1, T, H, D)) / 11.3).astype(mx.bfloat16)
-        v = mx.random.normal((1, T, H, D)).astype(mx.bfloat16)
-        g, beta = -mx.random.uniform(0, 2, (1, T, H)), mx.random.uniform(0, 1, (1, T, H))
-        s0 = mx.zeros((1, H, D, D))
+        q, k, v, g, beta, s0 = layer_inputs(T)
         plan = gpu.ChunkPlan(q, v, 64, backend)
         w, u, p, gc = plan.prep(q, k, v, g, beta)
         mx.eval(w, u, p, gc)

@@ -19,7 +19,8 @@ from kernels.serial import gated_delta_serial
 
 METHODS = ("serial", "chunked")
 ENV_OPS = "DELTASERVE_GDN_OPS"  # "1": force the MLX-ops path on a GPU (for comparison)
-__all__ = ["CHUNK_SIZES", "ENV_OPS", "METHODS", "gated_delta", "gated_delta_decode", "implementation"]
+__all__ = ["CHUNK_SIZES", "ENV_OPS", "METHODS", "gated_delta", "gated_delta_decode", "gated_delta_decode_ops",
+           "implementation"]
 log = logging.getLogger("deltaserve")
 _warned: set[str] = set()
 
@@ -99,8 +100,17 @@ def gated_delta_decode(
     if backend and qkv.shape[1] == 1 and not gpu.unsupported_dims(head_k_dim, Dv, None, backend):
         return gpu.decode(qkv, conv_state, conv_w, a, b, a_log, dt_bias, state, num_k_heads=num_k_heads,
                           head_k_dim=head_k_dim, backend=backend)
+    return gated_delta_decode_ops(qkv, conv_state, conv_w, a, b, a_log, dt_bias, state, num_k_heads=num_k_heads,
+                                  head_k_dim=head_k_dim)
+
+
+def gated_delta_decode_ops(qkv, conv_state, conv_w, a, b, a_log, dt_bias, state, *, num_k_heads: int,
+                           head_k_dim: int) -> tuple[mx.array, mx.array, mx.array]:
+    """`gated_delta_decode` as the prologue's ops plus one serial step (the reference of the fused kernel;
+    caches must be given)."""
+    Hv = a.shape[-1]
     mixed, conv_state = causal_conv_silu(qkv, conv_state, conv_w)
-    q, k, v = split_heads(mixed, num_k_heads, Hv, head_k_dim, Dv)
+    q, k, v = split_heads(mixed, num_k_heads, Hv, head_k_dim, (qkv.shape[-1] - 2 * num_k_heads * head_k_dim) // Hv)
     g, beta = decay_and_beta(a, b, a_log, dt_bias)
     out, state = gated_delta(q, k, v, g, beta, state, method="serial")
     return out, conv_state, state

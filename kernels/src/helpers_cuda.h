@@ -140,3 +140,16 @@ __device__ inline void ds_async_wait_all() { asm volatile("cp.async.wait_all;" :
 // Wait until at most N of this thread's committed groups are still in flight (the older ones are complete).
 template <int N>
 __device__ inline void ds_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory"); }
+
+// Channel c of SiLU(causal depthwise conv) for one new row: w [CD, CK] against the cached CK - 1 rows past
+// [CK - 1, CD] then row [CD]; the conv and the SiLU results rounded to OutT as the MLX-ops path rounds them.
+template <typename OutT, typename PR, typename PP, typename PW>
+__device__ inline float ds_conv_silu(PR row, PP past, PW w, int c, int CK, int CD) {
+  float acc = static_cast<float>(w[c * CK + CK - 1]) * static_cast<float>(row[c]);
+  for (int j = 0; j < CK - 1; ++j) {
+    acc += static_cast<float>(w[c * CK + j]) * static_cast<float>(past[j * CD + c]);
+  }
+  const float y = static_cast<float>(static_cast<OutT>(acc));
+  const float sg = static_cast<float>(static_cast<OutT>(1.0f / (1.0f + expf(-y))));
+  return static_cast<float>(static_cast<OutT>(y * sg));
+}

@@ -40,3 +40,16 @@ def make_gdn_inputs(B=1, T=16, Hk=2, Hv=4, Dk=32, Dv=16, dtype=mx.float32, decay
     mlx += [mx.array(x.astype(np.float32)) for x in (g, beta, s0)]
     g, beta, s0 = (np.array(x).astype(np.float64) for x in mlx[3:])
     return (q, k, v, g, beta, s0), tuple(mlx)
+
+
+def decode_inputs(B=1, Hk=2, Hv=4, Dk=64, Dv=32, K=4, seed=0, dtype=mx.float32, empty=False):
+    """float64 arrays (qkv, conv_state, conv_w, a, b, a_log, dt_bias, state) and MLX arrays in `dtype` (the
+    model's projections and weights; gates' parameters and the state fp32), rounded first so both see the same."""
+    rng = np.random.default_rng(seed)
+    CD = 2 * Hk * Dk + Hv * Dv
+    x = [rng.normal(size=(B, 1, CD)), rng.normal(size=(B, K - 1, CD)) * (0 if empty else 1),
+         rng.normal(size=(CD, K, 1)) * 0.5, rng.normal(size=(B, 1, Hv)), rng.normal(size=(B, 1, Hv)),
+         np.log(rng.uniform(0.5, 16, Hv)), rng.normal(size=Hv), rng.normal(size=(B, Hv, Dv, Dk)) * 0.5]
+    arrays = [mx.array(a.astype(np.float32)).astype(dtype if i < 5 else mx.float32) for i, a in enumerate(x)]
+    ref = [np.array(a.astype(mx.float32)).astype(np.float64) for a in arrays]
+    return ref, arrays

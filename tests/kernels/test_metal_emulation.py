@@ -13,7 +13,7 @@ import pytest
 from kernels import gpu
 from tests.kernels import oracle
 from tests.kernels.emulator.emulate import HERE, Emulator, extract_metal_sources
-from tests.kernels.inputs import make_gdn_inputs
+from tests.kernels.inputs import decode_inputs, make_gdn_inputs
 from tests.numerics import assert_close_to_scale
 
 pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="g++ is not installed")
@@ -110,8 +110,6 @@ def test_emulated_state_pass_with_other_tilings(case, tmp_path, monkeypatch, til
 
 def test_emulated_decode_kernel_matches_the_oracle(sources, tmp_path):
     """The fused decode step (conv, SiLU, norms, gates, serial step, conv-cache shift) at the test shape."""
-    from tests.kernels.test_decode import decode_inputs
-
     B, Hk, Hv, Dk, Dv = SHAPE["B"], SHAPE["Hk"], SHAPE["Hv"], SHAPE["Dk"], SHAPE["Dv"]
     ref, arrays = decode_inputs(B=B, Hk=Hk, Hv=Hv, Dk=Dk, Dv=Dv, seed=11)
     names = gpu.BODIES["decode"][0]
