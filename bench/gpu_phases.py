@@ -5,28 +5,17 @@ Usage: python bench/gpu_phases.py [T,T,...]
 
 from __future__ import annotations
 
-import statistics
 import sys
-import time
 
 import mlx.core as mx
+from gpu_kernels import D, H, time_mlx  # bench/ is on sys.path when a bench script runs
 
 from kernels import gpu
-
-H, D = 16, 128
 
 
 def timed(fn, reps: int = 20, samples: int = 5) -> float:
     """Median ms per call over `samples` batches of `reps` back-to-back calls (this card's clocks vary)."""
-    mx.eval(fn())
-    mx.synchronize()
-    times = []
-    for _ in range(samples):
-        t0 = time.perf_counter()
-        mx.eval([fn() for _ in range(reps)])
-        mx.synchronize()
-        times.append((time.perf_counter() - t0) / reps * 1e3)
-    return statistics.median(times)
+    return time_mlx(fn, samples, reps) * 1e3
 
 
 def layer_inputs(T: int) -> tuple[mx.array, ...]:
