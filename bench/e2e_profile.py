@@ -1,5 +1,5 @@
 """Where end-to-end time goes: prefill and decode of one model with one component at a time replaced by a no-op
-of the same shapes (the GDN core, the attention core, the GDN layers' causal conv, the q / k l2-norm), so the
+of the same shapes (the GDN core, the attention core, the GDN layers' prologue: conv, SiLU, q / k norms), so the
 drop in time is that component's cost, measured inside the whole model on the same card and run.
 
 Usage: python bench/e2e_profile.py [--model demo-0.8b] [--contexts 2048,8192] [--method chunked] [--step-size N]
@@ -20,7 +20,6 @@ import mlx.core as mx
 import numpy as np
 
 import engine.model as model_module
-import kernels.prologue as prologue
 from engine.cache import cache_arrays
 from engine.demo import DEMO_DTYPES, ensure_demo
 from engine.generate import DEFAULT_PREFILL_STEP, PrefillOptions, decode_step, prefill
@@ -41,23 +40,22 @@ def _no_attention_core(q, k, v, scale, mask=None):
     return q  # [B, H, T, D], the output's shape
 
 
-def _no_conv(qkv, conv_state, weight):
-    return qkv, qkv[:, -(weight.shape[1] - 1) :]
-
-
-def _no_l2norm(x, eps=1e-6, scale=1.0):
-    return x
+def _no_prologue(qkv, conv_state, conv_w, *, num_k_heads, head_k_dim, num_v_heads):
+    B, T, CD = qkv.shape
+    qk = mx.zeros((B, T, num_k_heads, head_k_dim), mx.float32)
+    v = qkv[..., 2 * num_k_heads * head_k_dim :].reshape(B, T, num_v_heads, -1)
+    return qk, qk, v, qkv[:, -(conv_w.shape[1] - 1) :]
 
 
 @contextlib.contextmanager
 def without(component: str) -> Iterator[None]:
-    """Replace components of the model by no-ops of the same shapes for the duration. The decode step's conv and
-    norms are fused into one kernel on GPUs, so "GDN conv" and "q/k l2-norm" act on prefill there."""
+    """Replace components of the model by no-ops of the same shapes for the duration. MLX evaluates lazily, so
+    what only feeds a no-op is skipped too ("GDN core" also drops its prologue and in_proj_qkv / a / b). The GDN
+    prologue (conv, SiLU, split, q / k norms) is fused into the decode step's kernel, so that row is prefill's."""
     targets = {
         "GDN core": [(model_module, "gated_delta", _no_gdn_core), (model_module, "gated_delta_decode", _no_gdn_decode)],
         "attention core": [(model_module.mx.fast, "scaled_dot_product_attention", _no_attention_core)],
-        "GDN conv": [(model_module, "causal_conv_silu", _no_conv)],
-        "q/k l2-norm": [(prologue, "l2_normalize", _no_l2norm)],
+        "GDN prologue": [(model_module, "gated_delta_prologue", _no_prologue)],
     }
     saved = [(owner, name, getattr(owner, name)) for owner, name, _ in targets.get(component, [])]
     for owner, name, replacement in targets.get(component, []):
@@ -122,7 +120,7 @@ def main() -> None:
           + f" | decode step @{args.decode_context} |")
     print("|---" + "|---:" * (len(contexts) + 1) + "|")
     base = None
-    for component in ("nothing", "GDN core", "attention core", "GDN conv", "q/k l2-norm"):
+    for component in ("nothing", "GDN core", "attention core", "GDN prologue"):
         with without(component):
             ms = [time_prefill(model, T, opts, args.runs, component) * 1e3 for T in contexts]
             ms.append(time_decode(model, args.decode_context, opts, args.decode_steps) * 1e3)

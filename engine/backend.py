@@ -26,10 +26,20 @@ OPENBLAS_GLOBS = (
 LONG_RUNNING_ENV = {"MLX_ENABLE_CACHE_THRASHING_CHECK": "0"}
 
 
+CACHE_FRACTION = 4  # MLX's buffer cache may hold up to 1/4 of the GPU's memory (prefill steps reuse it)
+
+
 def configure_long_running() -> None:
-    """Environment a long-running MLX process needs (a value the user set is kept)."""
+    """Environment a long-running MLX process needs (a value the user set is kept), and a bound on MLX's buffer
+    cache: prefill keeps freed buffers for the next step (freeing them costs time on CUDA), so the cache, not
+    per-step frees, is what keeps a server's memory bounded."""
     for name, value in LONG_RUNNING_ENV.items():
         os.environ.setdefault(name, value)
+    memory = (mx.device_info() if hasattr(mx, "device_info") else {}).get("memory_size")
+    if memory:  # GPUs report it; the CPU backend keeps MLX's own small cache limit
+        limit = memory // CACHE_FRACTION
+        previous = mx.set_cache_limit(limit)
+        mx.set_cache_limit(min(previous, limit))
 
 
 def backend_name() -> str:

@@ -15,8 +15,8 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from engine.cache import GDNCache, KVCache
-from kernels import gated_delta, gated_delta_decode
-from kernels.prologue import causal_conv_silu, decay_and_beta, split_heads
+from kernels import gated_delta, gated_delta_decode, gated_delta_prologue
+from kernels.prologue import decay_and_beta
 
 SUPPORTED_MODEL_TYPES = ("qwen3_5_text", "qwen3_5")
 LAYER_TYPES = ("linear_attention", "full_attention")
@@ -143,8 +143,9 @@ class GatedDeltaNet(nn.Module):
                 qkv, cache.conv_state, self.conv1d.weight, a, b, self.A_log, self.dt_bias, cache.state,
                 num_k_heads=self.num_k_heads, head_k_dim=self.head_k_dim)
         else:
-            mixed, cache.conv_state = causal_conv_silu(qkv, cache.conv_state, self.conv1d.weight)
-            q, k, v = split_heads(mixed, self.num_k_heads, self.num_v_heads, self.head_k_dim, self.head_v_dim)
+            q, k, v, cache.conv_state = gated_delta_prologue(  # conv, SiLU, split, q / k norms: one kernel on GPUs
+                qkv, cache.conv_state, self.conv1d.weight, num_k_heads=self.num_k_heads, head_k_dim=self.head_k_dim,
+                num_v_heads=self.num_v_heads)
             g, beta = decay_and_beta(a, b, self.A_log, self.dt_bias)
             state = cache.state
             if state is None:

@@ -14,13 +14,13 @@ import mlx.core as mx
 
 from kernels import gpu
 from kernels.chunked import CHUNK_SIZES, gated_delta_chunked
-from kernels.prologue import causal_conv_silu, decay_and_beta, split_heads
+from kernels.prologue import conv_split, decay_and_beta
 from kernels.serial import gated_delta_serial
 
 METHODS = ("serial", "chunked")
 ENV_OPS = "DELTASERVE_GDN_OPS"  # "1": force the MLX-ops path on a GPU (for comparison)
 __all__ = ["CHUNK_SIZES", "ENV_OPS", "METHODS", "gated_delta", "gated_delta_decode", "gated_delta_decode_ops",
-           "implementation"]
+           "gated_delta_prologue", "implementation"]
 log = logging.getLogger("deltaserve")
 _warned: set[str] = set()
 
@@ -71,6 +71,25 @@ def gated_delta(
     return ops(q, k, v, g, beta, state, chunk_size=chunk_size)
 
 
+def gated_delta_prologue(
+    qkv: mx.array, conv_state: mx.array | None, conv_w: mx.array, *, num_k_heads: int, head_k_dim: int,
+    num_v_heads: int,
+) -> tuple[mx.array, mx.array, mx.array, mx.array]:
+    """What a multi-token step's GDN core reads, from the projections qkv [B, T, 2 Hk Dk + Hv Dv]: causal conv +
+    SiLU continuing from conv_state [B, K-1, ·] (None: zeros; conv_w [·, K, 1]), split into q, k [B, T, Hk, Dk]
+    (fp32, l2-normed, q scaled by Dk^-1/2) and v [B, T, Hv, Dv] (qkv's dtype), and the new conv cache rows.
+    One kernel on GPUs (the ops take 8-10 launches and a slow grouped conv); kernels/prologue.py elsewhere, the
+    reference it reproduces."""
+    B, T, CD = qkv.shape
+    if conv_state is None:
+        conv_state = mx.zeros((B, conv_w.shape[1] - 1, CD), dtype=qkv.dtype)
+    backend = _backend()
+    if backend and 0 < B * T * CD < 2**31:  # the kernel indexes with 32-bit ints
+        return gpu.prologue(qkv, conv_state, conv_w, num_k_heads=num_k_heads, head_k_dim=head_k_dim,
+                            num_v_heads=num_v_heads, backend=backend)
+    return conv_split(qkv, conv_state, conv_w, num_k_heads, num_v_heads, head_k_dim)
+
+
 def gated_delta_decode(
     qkv: mx.array,
     conv_state: mx.array | None,
@@ -108,9 +127,7 @@ def gated_delta_decode_ops(qkv, conv_state, conv_w, a, b, a_log, dt_bias, state,
                            head_k_dim: int) -> tuple[mx.array, mx.array, mx.array]:
     """`gated_delta_decode` as the prologue's ops plus one serial step (the reference of the fused kernel;
     caches must be given)."""
-    Hv = a.shape[-1]
-    mixed, conv_state = causal_conv_silu(qkv, conv_state, conv_w)
-    q, k, v = split_heads(mixed, num_k_heads, Hv, head_k_dim, (qkv.shape[-1] - 2 * num_k_heads * head_k_dim) // Hv)
+    q, k, v, conv_state = conv_split(qkv, conv_state, conv_w, num_k_heads, a.shape[-1], head_k_dim)
     g, beta = decay_and_beta(a, b, a_log, dt_bias)
     out, state = gated_delta(q, k, v, g, beta, state, method="serial")
     return out, conv_state, state

@@ -22,6 +22,7 @@ STATE_THREADS = 256
 OUT_THREADS = 256
 STATE_TILE = 16  # DV columns per threadgroup in the sequential state pass
 SERIAL_ROWS = 4  # state rows per 32-thread group in the serial kernel (they share the q / k loads)
+PROLOGUE_GROUPS = 8  # tokens (32-thread groups) per threadgroup of the prefill prologue: neighbours share rows
 SMEM_BYTES = {"cuda": 48 * 1024, "metal": 32 * 1024}  # static shared / threadgroup memory per group
 SLICE = {"cuda": 32, "metal": 16}  # operand columns staged per step (Metal: 32 KB of threadgroup memory)
 HALF = (mx.bfloat16, mx.float16)  # 16-bit inputs: exact in TF32 (one tensor-core product, no split)
@@ -31,6 +32,7 @@ BODIES = {
     "chunk_state": (("k", "w", "u", "gc", "state_in"), ("hs", "r", "state_out")),
     "chunk_out": (("q", "hs", "r", "p", "gc"), ("out",)),
     "serial": (("q", "k", "v", "g", "beta", "state_in"), ("out", "state_out")),
+    "prologue": (("qkv", "conv_state", "conv_w"), ("q", "k", "v", "conv_out")),
     "decode": (("qkv", "conv_state", "conv_w", "a_proj", "b_proj", "a_log", "dt_bias", "state_in"),
                ("out", "conv_out", "state_out")),
 }
@@ -233,3 +235,23 @@ def decode(qkv, conv_state, conv_w, a, b, a_log, dt_bias, state, *, num_k_heads:
         verbose=verbose,
     )
     return out, conv_out, new_state
+
+
+def prologue(qkv, conv_state, conv_w, *, num_k_heads: int, head_k_dim: int, num_v_heads: int, backend: str,
+             verbose: bool = False):
+    """A prefill step's conv + SiLU, split and q / k l2-norm in one kernel (see kernels.gdn_prologue): one
+    32-thread group per (token, head segment, sequence)."""
+    B, T, CD = qkv.shape
+    Hk, Dk, Hv = num_k_heads, head_k_dim, num_v_heads
+    Dv = (CD - 2 * Hk * Dk) // Hv
+    CK = conv_w.shape[1]
+    return kernel(backend, "prologue")(
+        inputs=[qkv, conv_state.astype(qkv.dtype), conv_w],
+        output_shapes=[(B, T, Hk, Dk), (B, T, Hk, Dk), (B, T, Hv, Dv), (B, CK - 1, CD)],
+        output_dtypes=[mx.float32, mx.float32, qkv.dtype, qkv.dtype],
+        grid=(-(-T // PROLOGUE_GROUPS) * 32 * PROLOGUE_GROUPS, 2 * Hk + Hv, B),
+        threadgroup=(32 * PROLOGUE_GROUPS, 1, 1),
+        template=[("OutT", qkv.dtype), ("CK", CK), ("DK", Dk), ("DV", Dv), ("HK", Hk), ("HV", Hv),
+                  ("WPG", PROLOGUE_GROUPS)],
+        verbose=verbose,
+    )

@@ -1,7 +1,7 @@
 """What feeds the GDN core in a Qwen3.5 GDN layer, as MLX ops: the causal depthwise conv + SiLU over the
-concatenated q | k | v projections, the q / k l2-norm, and the fp32 decay and beta. The model runs these for
-prefill; `kernels.gated_delta_decode` fuses them with the core's serial step for decode, with this module as
-its reference."""
+concatenated q | k | v projections, the q / k l2-norm, and the fp32 decay and beta. The reference of the fused
+kernels: `kernels.gated_delta_prologue` (conv, SiLU, split and norms of a prefill step) and
+`kernels.gated_delta_decode` (all of it and the core's serial step, for one decode token)."""
 
 from __future__ import annotations
 
@@ -48,3 +48,10 @@ def split_heads(mixed: mx.array, hk: int, hv: int, dk: int, dv: int) -> tuple[mx
     q = l2_normalize(q.reshape(B, T, hk, dk).astype(mx.float32), scale=dk**-0.5)  # the only place q is scaled
     k = l2_normalize(k.reshape(B, T, hk, dk).astype(mx.float32))
     return q, k, v.reshape(B, T, hv, dv)
+
+
+def conv_split(qkv: mx.array, conv_state: mx.array | None, weight: mx.array, hk: int, hv: int, dk: int
+               ) -> tuple[mx.array, mx.array, mx.array, mx.array]:
+    """`causal_conv_silu` then `split_heads`: (q, k, v, the new conv cache rows) of a multi-token step."""
+    mixed, conv_state = causal_conv_silu(qkv, conv_state, weight)
+    return *split_heads(mixed, hk, hv, dk, (qkv.shape[-1] - 2 * hk * dk) // hv), conv_state

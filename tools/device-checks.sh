@@ -4,8 +4,10 @@
 # earlier one on the same warm machine: carry [".whl2", ".whl3"] after the `cp .whl/* /root/w/` call.
 #   bash tools/device-checks.sh e2e      # component ablation + step sweep, then the peers' table + server TTFT
 #   bash tools/device-checks.sh gates    # GPU tests (fused decode, fp32 / TF32 / whole-model gates) + racecheck
+#   bash tools/device-checks.sh model    # the model-level GPU gates only (prologue, decode, caches, chunked model)
 #   bash tools/device-checks.sh kernels  # per-layer kernel table, bf16 q / k and the model's fp32 q / k
 #   bash tools/device-checks.sh tiles    # the state pass's (TV, NT) tiling against the shipped one
+#   bash tools/device-checks.sh layers   # one prefill step split by layer component, and its kernels under ncu
 set -uo pipefail
 . tools/device-env.sh
 out=${OUT:-/tmp/out}
@@ -17,11 +19,15 @@ case "${1:?part: e2e, gates, kernels or tiles}" in
       | grep -v -i "warn\|deprecat\|forward_call\|falling back" | tee "$out/e2e-table.txt"
     ;;
   gates)
-    timeout 420 python3 -m pytest -q -x tests/kernels/test_decode.py tests/engine/test_cache.py \
+    timeout 420 python3 -m pytest -q --maxfail=5 -rf tests/kernels/test_decode.py tests/engine/test_cache.py \
       tests/kernels/test_gpu_kernels.py tests/kernels/test_chunked.py tests/engine/test_chunked_model.py 2>&1 \
-      | tail -5 | tee "$out/gates-pytest.txt"
+      | tail -40 | tee "$out/gates-pytest.txt"
     timeout 150 compute-sanitizer --tool racecheck python3 bench/gdn_sanitize.py 2>&1 | tail -3 \
       | tee "$out/gates-racecheck.txt"
+    ;;
+  model)
+    timeout 300 python3 -m pytest -q --maxfail=5 -rf tests/kernels/test_prologue.py tests/kernels/test_decode.py \
+      tests/engine/test_cache.py tests/engine/test_chunked_model.py 2>&1 | tail -30 | tee "$out/model-pytest.txt"
     ;;
   kernels)
     timeout 280 python3 bench/gpu_kernels.py --contexts 512,4096,16384 --runs 5 2>&1 | grep -v -i warn \
@@ -31,6 +37,48 @@ case "${1:?part: e2e, gates, kernels or tiles}" in
     ;;
   tiles)
     timeout 280 python3 bench/gpu_state_tiles.py 2>&1 | tee "$out/tiles.txt"
+    ;;
+  layers)
+    timeout 200 python3 bench/e2e_layers.py --tokens 2048 2>&1 | tee "$out/layers-2048.txt"
+    timeout 150 python3 bench/e2e_layers.py --tokens 8192 --runs 3 --reps 3 2>&1 | tee "$out/layers-8192.txt"
+    # Every kernel of a warm-up and a timed 2048-token chunked prefill, GPU time summed per kernel name.
+    timeout 220 ncu --metrics gpu__time_duration.sum --csv python3 -c "
+import mlx.core as mx
+from engine.demo import ensure_demo
+from engine.generate import PrefillOptions, prefill
+from engine.loading import load_model
+model = load_model(ensure_demo('demo-0.8b'), mx.bfloat16)
+ids = mx.random.randint(0, 1000, (1, 2048))
+for _ in range(2):
+    mx.eval(prefill(model, ids, model.make_cache('chunked'), PrefillOptions('chunked', 64, 2048)))
+" 2>/dev/null | python3 bench/ncu_sum.py 2>/dev/null | head -40 | tee "$out/layers-ncu.txt"
+    # The same number of 2048-token steps as one 4096-token prefill (a first and a second step): what grows.
+    timeout 200 ncu --metrics gpu__time_duration.sum --csv python3 -c "
+import mlx.core as mx
+from engine.demo import ensure_demo
+from engine.generate import PrefillOptions, prefill
+from engine.loading import load_model
+model = load_model(ensure_demo('demo-0.8b'), mx.bfloat16)
+mx.eval(prefill(model, mx.random.randint(0, 1000, (1, 4096)), model.make_cache('chunked'), PrefillOptions('chunked', 64, 2048)))
+" 2>/dev/null | python3 bench/ncu_sum.py 2>/dev/null | head -40 | tee "$out/layers-ncu-4096.txt"
+    # Does freeing MLX's buffer cache between prefill steps (as the engine and mlx-lm do) cost time on CUDA?
+    timeout 100 python3 -c "
+import time, mlx.core as mx
+from engine.demo import ensure_demo
+from engine.generate import PrefillOptions, prefill
+from engine.loading import load_model
+model = load_model(ensure_demo('demo-0.8b'), mx.bfloat16)
+ids = mx.random.randint(0, 1000, (1, 8192))
+clear = mx.clear_cache
+for label in ('clear_cache per step', 'cache kept', 'clear_cache per step'):
+    mx.clear_cache = clear if label.startswith('clear') else (lambda: None)
+    ts = []
+    for _ in range(4):
+        t0 = time.perf_counter()
+        mx.eval(prefill(model, ids, model.make_cache('chunked'), PrefillOptions('chunked', 64, 2048)))
+        ts.append(time.perf_counter() - t0)
+    print(label, 'prefill 8192 / step 2048:', ' '.join(f'{t * 1e3:.1f}' for t in ts[1:]), 'ms')
+" 2>&1 | tee "$out/layers-clear-cache.txt"
     ;;
   *) echo "unknown part $1" >&2; exit 2 ;;
 esac

@@ -87,15 +87,22 @@ inline void ds_async_wait_all() {}
 template <int N>
 inline void ds_async_wait() {}
 
+// SiLU of one causal-conv sum, with the conv and the SiLU results rounded to OutT as the MLX-ops path
+// (kernels/prologue.py) rounds them, so prefill's fused prologue, decode's fused step and the ops agree.
+template <typename OutT>
+inline float ds_silu_rounded(float acc) {
+  const float y = static_cast<float>(static_cast<OutT>(acc));
+  const float sg = static_cast<float>(static_cast<OutT>(1.0f / (1.0f + metal::exp(-y))));
+  return static_cast<float>(static_cast<OutT>(y * sg));
+}
+
 // Channel c of SiLU(causal depthwise conv) for one new row: w [CD, CK] against the cached CK - 1 rows past
-// [CK - 1, CD] then row [CD]; the conv and the SiLU results rounded to OutT as the MLX-ops path rounds them.
+// [CK - 1, CD] then row [CD], rounded as ds_silu_rounded.
 template <typename OutT, typename PR, typename PP, typename PW>
 inline float ds_conv_silu(PR row, PP past, PW w, int c, int CK, int CD) {
   float acc = static_cast<float>(w[c * CK + CK - 1]) * static_cast<float>(row[c]);
   for (int j = 0; j < CK - 1; ++j) {
     acc += static_cast<float>(w[c * CK + j]) * static_cast<float>(past[j * CD + c]);
   }
-  const float y = static_cast<float>(static_cast<OutT>(acc));
-  const float sg = static_cast<float>(static_cast<OutT>(1.0f / (1.0f + metal::exp(-y))));
-  return static_cast<float>(static_cast<OutT>(y * sg));
+  return ds_silu_rounded<OutT>(acc);
 }

@@ -105,12 +105,30 @@ def make_checkpoint(
         model = Qwen3_5ForCausalLM(Qwen3_5TextConfig(**text))
     randomise(model, seed)
     model = model.to(dtype).eval()
+    torch_gdn_reference()
     model.save_pretrained(str(path))
     if junk_tensors:
         _add_junk(path)
     if full_attention_interval:
         _drop_layer_types(path, full_attention_interval)
     return HFCheckpoint(path, model, text["vocab_size"])
+
+
+def torch_gdn_reference() -> None:
+    """Make transformers' Qwen3.5 run its own PyTorch GDN and conv code on the CPU.
+
+    transformers binds flash-linear-attention's Triton kernels at import time when fla is installed (as on the GPU
+    machine); they cannot take CPU tensors, and the reference should be transformers' own code anyway.
+    """
+    import inspect
+
+    from transformers.models.qwen3_5 import modeling_qwen3_5 as m
+
+    for name in ("torch_chunk_gated_delta_rule", "torch_recurrent_gated_delta_rule", "causal_conv1d_fn",
+                 "causal_conv1d_update"):
+        fn = getattr(m, name, None)
+        if fn is not None:
+            setattr(m, name, inspect.unwrap(fn))
 
 
 def _add_junk(path: Path) -> None:

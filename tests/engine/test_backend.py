@@ -14,3 +14,11 @@ def test_long_running_turns_off_the_cuda_graph_cache_abort_but_keeps_a_user_choi
     monkeypatch.setenv("MLX_ENABLE_CACHE_THRASHING_CHECK", "1")
     backend.configure_long_running()
     assert os.environ["MLX_ENABLE_CACHE_THRASHING_CHECK"] == "1"
+
+
+def test_long_running_bounds_the_buffer_cache_on_gpus(monkeypatch):
+    limits = []
+    monkeypatch.setattr(backend.mx, "device_info", lambda: {"memory_size": 80 << 30})
+    monkeypatch.setattr(backend.mx, "set_cache_limit", lambda n: limits.append(n) or 1 << 40)
+    backend.configure_long_running()
+    assert limits[-1] == (80 << 30) // backend.CACHE_FRACTION  # MLX's larger default lowered to the bound

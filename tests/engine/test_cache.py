@@ -56,5 +56,6 @@ def test_prefill_steps_smaller_than_prompt_match_one_step(checkpoint, path):
     assert_close_to_scale("last logits", np.array(b[0]), expected[-1], rel=REL)
     for i, (x, y) in enumerate(zip(cache_arrays(one), cache_arrays(stepped), strict=True)):
         assert x.shape == y.shape
-        assert_close(f"cache array {i}", np.array(y), np.array(x), atol=1e-5, rtol=1e-4)
+        # relative to the array's scale, at the chunked path's fp32 gate: other chunk boundaries round otherwise
+        assert_close_to_scale(f"cache array {i}", np.array(y), np.array(x), rel=1e-5)
     assert_close("logits", np.array(b), np.array(a), atol=1e-5, rtol=1e-4)

@@ -42,14 +42,24 @@ def make_gdn_inputs(B=1, T=16, Hk=2, Hv=4, Dk=32, Dv=16, dtype=mx.float32, decay
     return (q, k, v, g, beta, s0), tuple(mlx)
 
 
+def prologue_inputs(B=1, T=16, Hk=2, Hv=4, Dk=64, Dv=32, K=4, seed=0, dtype=mx.float32, empty=False):
+    """float64 arrays (qkv [B, T, CD], conv_state [B, K-1, CD], conv_w [CD, K, 1]) and MLX arrays in `dtype`
+    (the model's projections and conv weight), rounded first so both see the same."""
+    rng = np.random.default_rng(seed)
+    CD = 2 * Hk * Dk + Hv * Dv
+    x = [rng.normal(size=(B, T, CD)), rng.normal(size=(B, K - 1, CD)) * (0 if empty else 1),
+         rng.normal(size=(CD, K, 1)) * 0.5]
+    arrays = [mx.array(a.astype(np.float32)).astype(dtype) for a in x]
+    return [np.array(a.astype(mx.float32)).astype(np.float64) for a in arrays], arrays
+
+
 def decode_inputs(B=1, Hk=2, Hv=4, Dk=64, Dv=32, K=4, seed=0, dtype=mx.float32, empty=False):
     """float64 arrays (qkv, conv_state, conv_w, a, b, a_log, dt_bias, state) and MLX arrays in `dtype` (the
     model's projections and weights; gates' parameters and the state fp32), rounded first so both see the same."""
-    rng = np.random.default_rng(seed)
-    CD = 2 * Hk * Dk + Hv * Dv
-    x = [rng.normal(size=(B, 1, CD)), rng.normal(size=(B, K - 1, CD)) * (0 if empty else 1),
-         rng.normal(size=(CD, K, 1)) * 0.5, rng.normal(size=(B, 1, Hv)), rng.normal(size=(B, 1, Hv)),
+    ref, arrays = prologue_inputs(B, 1, Hk, Hv, Dk, Dv, K, seed, dtype, empty)
+    rng = np.random.default_rng(seed + 1)
+    x = [rng.normal(size=(B, 1, Hv)), rng.normal(size=(B, 1, Hv)),
          np.log(rng.uniform(0.5, 16, Hv)), rng.normal(size=Hv), rng.normal(size=(B, Hv, Dv, Dk)) * 0.5]
-    arrays = [mx.array(a.astype(np.float32)).astype(dtype if i < 5 else mx.float32) for i, a in enumerate(x)]
-    ref = [np.array(a.astype(mx.float32)).astype(np.float64) for a in arrays]
+    arrays += [mx.array(a.astype(np.float32)).astype(dtype if i < 2 else mx.float32) for i, a in enumerate(x)]
+    ref += [np.array(a.astype(mx.float32)).astype(np.float64) for a in arrays[3:]]
     return ref, arrays

@@ -77,27 +77,34 @@ def chunked(q, k, v, g, beta, state, C):
     return result
 
 
-def decode_step(qkv, conv_state, conv_w, a, b, a_log, dt_bias, state, Hk, Dk):
-    """One decode token of a Qwen3.5 GDN layer in float64, from the layer's definition (transformers'
-    Qwen3_5GatedDeltaNet): depthwise causal conv over [cached K-1 rows, new row], SiLU, split into q | k | v,
-    l2-norm q and k (eps 1e-6 on the sum), q / sqrt(Dk), g = -exp(A_log) softplus(a + dt_bias),
-    beta = sigmoid(b), then the recurrence. qkv [B, 1, CD]; conv_state [B, K-1, CD]; conv_w [CD, K, 1];
-    a, b [B, 1, Hv]; state [B, Hv, Dv, Dk]. Returns (o [B, 1, Hv, Dv], conv_state', state')."""
-    qkv, conv_state, conv_w, a, b, a_log, dt_bias = (
-        np.asarray(x, dtype=np.float64) for x in (qkv, conv_state, conv_w, a, b, a_log, dt_bias))
-    B, _, CD = qkv.shape
-    Hv = a.shape[-1]
-    Dv = (CD - 2 * Hk * Dk) // Hv
-    window = np.concatenate([conv_state, qkv], axis=1)  # [B, K, CD]
-    y = np.einsum("bkc,ck->bc", window, conv_w[:, :, 0])[:, None]  # [B, 1, CD]
+def prologue(qkv, conv_state, conv_w, Hk, Dk, Hv):
+    """What a Qwen3.5 GDN layer's core reads, in float64, from the layer's definition (transformers'
+    Qwen3_5GatedDeltaNet): depthwise causal conv over [cached K-1 rows, T new rows], SiLU, split into q | k | v,
+    l2-norm q and k (eps 1e-6 on the sum), q / sqrt(Dk). qkv [B, T, CD]; conv_state [B, K-1, CD]; conv_w
+    [CD, K, 1]. Returns (q, k [B, T, Hk, Dk], v [B, T, Hv, Dv], the last K-1 rows of the window)."""
+    qkv, conv_state, conv_w = (np.asarray(x, dtype=np.float64) for x in (qkv, conv_state, conv_w))
+    B, T, CD = qkv.shape
+    K = conv_w.shape[1]
+    window = np.concatenate([conv_state, qkv], axis=1)  # [B, K-1+T, CD]
+    y = sum(window[:, j : j + T] * conv_w[:, j, 0] for j in range(K))
     y = y / (1 + np.exp(-y))
-    q = y[..., : Hk * Dk].reshape(B, 1, Hk, Dk)
-    k = y[..., Hk * Dk : 2 * Hk * Dk].reshape(B, 1, Hk, Dk)
-    v = y[..., 2 * Hk * Dk :].reshape(B, 1, Hv, Dv)
+    q = y[..., : Hk * Dk].reshape(B, T, Hk, Dk)
+    k = y[..., Hk * Dk : 2 * Hk * Dk].reshape(B, T, Hk, Dk)
+    v = y[..., 2 * Hk * Dk :].reshape(B, T, Hv, -1)
     q = q / np.sqrt((q * q).sum(-1, keepdims=True) + 1e-6) / np.sqrt(Dk)
     k = k / np.sqrt((k * k).sum(-1, keepdims=True) + 1e-6)
+    return q, k, v, window[:, window.shape[1] - (K - 1) :]
+
+
+def decode_step(qkv, conv_state, conv_w, a, b, a_log, dt_bias, state, Hk, Dk):
+    """One decode token of a Qwen3.5 GDN layer in float64: `prologue` of one row, g = -exp(A_log)
+    softplus(a + dt_bias), beta = sigmoid(b), then the recurrence. qkv [B, 1, CD]; conv_state [B, K-1, CD];
+    conv_w [CD, K, 1]; a, b [B, 1, Hv]; state [B, Hv, Dv, Dk]. Returns (o [B, 1, Hv, Dv], conv_state', state')."""
+    a, b, a_log, dt_bias = (np.asarray(x, dtype=np.float64) for x in (a, b, a_log, dt_bias))
+    Hv = a.shape[-1]
+    q, k, v, conv = prologue(qkv, conv_state, conv_w, Hk, Dk, Hv)
     x = a + dt_bias
     g = -np.exp(a_log) * np.where(x > 20, x, np.logaddexp(x, 0))
     beta = 1 / (1 + np.exp(-b))
     out, new_state = serial(q, k, v, g, beta, state)
-    return out, window[:, 1:], new_state
+    return out, conv, new_state

@@ -69,6 +69,9 @@ CASES = {
     "serial-fp16": ("serial", "float16", dict(OutT="float16", **SIZES, RPW=gpu.SERIAL_ROWS)),
     "decode-bf16": ("decode", "bfloat16", dict(OutT="bfloat16", CK=4, **SIZES, RPW=gpu.SERIAL_ROWS)),
     "decode-fp32": ("decode", "float32", dict(OutT="float32", CK=4, **SIZES, RPW=gpu.SERIAL_ROWS)),
+    "prologue-bf16": ("prologue", "bfloat16", dict(OutT="bfloat16", CK=4, **SIZES, WPG=gpu.PROLOGUE_GROUPS)),
+    "prologue-fp16-odd-dims": ("prologue", "float16", dict(OutT="float16", CK=4, DK=16, DV=24, HK=2, HV=2,
+                                                           WPG=gpu.PROLOGUE_GROUPS)),
 }
 # What the bf16 model passes: q and k l2-normed in fp32, v (and the outputs) bf16, TF32 products.
 MODEL_MIX = {"q": "float32", "k": "float32"}
@@ -96,6 +99,8 @@ def nvcc(tmp_path, text: str, *flags: str) -> subprocess.CompletedProcess:
 def test_cuda_form_compiles(case, tmp_path):
     body, dtype, template = CASES[case]
     fp32 = {"g", "beta", "w", "u", "p", "gc", "hs", "r", "state_in", "state_out", "a_log", "dt_bias"}
+    if body == "prologue":
+        fp32 |= {"q", "k"}  # l2-normed in fp32
     mix = MODEL_MIX if case.endswith("model-mix") else {}
     types = {n: "float32" if n in fp32 else mix.get(n, dtype)
              for n in gpu.BODIES[body][0] + gpu.BODIES[body][1]}

@@ -13,7 +13,7 @@ import pytest
 from kernels import gpu
 from tests.kernels import oracle
 from tests.kernels.emulator.emulate import HERE, Emulator, extract_metal_sources
-from tests.kernels.inputs import decode_inputs, make_gdn_inputs
+from tests.kernels.inputs import decode_inputs, make_gdn_inputs, prologue_inputs
 from tests.numerics import assert_close_to_scale
 
 pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="g++ is not installed")
@@ -61,7 +61,7 @@ def run_chunked(sources, case, workdir, C, sanitize=False, broken=None):
     return a["out"], a["state_out"], runs
 
 
-@pytest.mark.parametrize("kernel", ["chunk_prep", "chunk_state", "chunk_out", "serial", "decode"])
+@pytest.mark.parametrize("kernel", ["chunk_prep", "chunk_state", "chunk_out", "serial", "decode", "prologue"])
 def test_generated_msl_passes_a_syntax_check(sources, tmp_path, kernel):
     src = tmp_path / "check.cpp"
     src.write_text(f'#include "{HERE / "metal_shim.h"}"\n{sources[kernel]}\n')
@@ -122,6 +122,21 @@ def test_emulated_decode_kernel_matches_the_oracle(sources, tmp_path):
     assert_close_to_scale("out", bufs["out"], ref_out, rel=REL)
     assert_close_to_scale("conv cache", bufs["conv_out"], ref_conv, rel=REL)
     assert_close_to_scale("state", bufs["state_out"], ref_state, rel=REL)
+
+
+def test_emulated_prologue_kernel_matches_the_oracle(sources, tmp_path):
+    """The prefill prologue (conv, SiLU, split, norms, the conv cache's next rows) for 13 tokens: a ragged last
+    threadgroup, and rows of the old cache inside the window."""
+    B, T, Hk, Hv, Dk, Dv = SHAPE["B"], 13, SHAPE["Hk"], SHAPE["Hv"], SHAPE["Dk"], SHAPE["Dv"]
+    ref, arrays = prologue_inputs(B=B, T=T, Hk=Hk, Hv=Hv, Dk=Dk, Dv=Dv, seed=12)
+    bufs = {n: np.array(a) for n, a in zip(gpu.BODIES["prologue"][0], arrays, strict=True)}
+    bufs |= {"q": _nan(B, T, Hk, Dk), "k": _nan(B, T, Hk, Dk), "v": _nan(B, T, Hv, Dv),
+             "conv_out": _nan(B, 3, bufs["qkv"].shape[-1])}
+    groups = (-(-T // gpu.PROLOGUE_GROUPS), 2 * Hk + Hv, B)
+    r = Emulator(sources["prologue"], tmp_path).run(bufs, groups, 32 * gpu.PROLOGUE_GROUPS)
+    assert r.returncode == 0, r.stderr
+    for name, want in zip(("q", "k", "v", "conv_out"), oracle.prologue(*ref, Hk, Dk, Hv), strict=True):
+        assert_close_to_scale(name, bufs[name], want, rel=REL)
 
 
 def test_emulated_serial_kernel_matches_the_oracle(sources, case, tmp_path):

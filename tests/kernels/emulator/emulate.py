@@ -51,7 +51,9 @@ TRACE_SCRIPT = textwrap.dedent(
         return [*gpu.chunked(q, k, v, g, b, s, chunk_size={C}, backend="metal", verbose=True),
                 *gpu.serial(q, k, v, g, b, s, backend="metal", verbose=True),
                 *gpu.decode(row, past, w, ab, ab, hv, hv, s, num_k_heads=Hk, head_k_dim=Dk, backend="metal",
-                            verbose=True)]
+                            verbose=True),
+                *gpu.prologue(mx.zeros((B, 5, cd)), past, w, num_k_heads=Hk, head_k_dim=Dk, num_v_heads=Hv,
+                              backend="metal", verbose=True)]
     mx.export_function({out!r}, f, q, k, v, g, b, s)
     """
 )
@@ -59,7 +61,7 @@ TRACE_SCRIPT = textwrap.dedent(
 
 def extract_metal_sources(shape: dict, chunk_size: int, workdir: Path, plan: tuple | None = None,
                           tiles: tuple | None = None) -> dict[str, str]:
-    """{kernel name: generated MSL} for the chunked (prep, state, out), serial and decode kernels at `shape`
+    """{kernel name: generated MSL} for the chunked (prep, state, out), serial, decode and prologue kernels at `shape`
     (`plan`: force the state pass's staging plan, e.g. CUDA's deeper ring, which Metal's planner does not pick;
     `tiles`: its (TV, NT) tiling)."""
     script = TRACE_SCRIPT.format(repo=str(REPO), shape=shape, C=chunk_size, out=str(workdir / "trace.mlxfn"),
@@ -94,8 +96,10 @@ def driver_source(sig: Signature, kernel_file: Path) -> str:
     args = [f"({t}*)b{i}.data()" for i, (t, _) in enumerate(sig.params)]
     args += [ATTR_VALUES[a] for a in sig.attrs]
     return f"""
+#include <algorithm>
 #include <cstdlib>
 #include <fstream>
+#include <memory>
 #include <iterator>
 #include <string>
 #include <thread>
@@ -121,11 +125,14 @@ int main(int argc, char** argv) {{
     for (unsigned y = 0; y < gy; ++y)
       for (unsigned x = 0; x < gx; ++x) {{
         std::barrier<> group_barrier(tg);
+        std::vector<std::unique_ptr<std::barrier<>>> simd_barriers;  // one per 32-lane simdgroup
+        for (unsigned s = 0; s < tg; s += 32)
+          simd_barriers.push_back(std::make_unique<std::barrier<>>(std::min(32u, tg - s)));
         std::vector<float> scratch(tg);
         std::vector<EmuThread> threads;
         for (unsigned t = 0; t < tg; ++t)
           threads.emplace_back([&, t] {{
-            emu_group = EmuGroup{{&group_barrier, scratch.data(), (int)t, 32}};
+            emu_group = EmuGroup{{&group_barrier, simd_barriers[t / 32].get(), scratch.data(), (int)t, 32}};
             {sig.function}({", ".join(args)});
           }});
         for (auto& th : threads) th.join();

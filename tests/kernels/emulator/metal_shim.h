@@ -62,6 +62,7 @@ constexpr int mem_threadgroup = 2;
 // The emulated threadgroup this OS thread belongs to (set by the driver before calling the kernel).
 struct EmuGroup {
   std::barrier<>* barrier;
+  std::barrier<>* simd_barrier;  // this thread's simdgroup only: a SIMD reduction waits for its own lanes
   float* simd_scratch;  // one slot per thread of the group
   int tid;
   int simd_width;
@@ -70,15 +71,16 @@ inline thread_local EmuGroup emu_group;
 
 inline void threadgroup_barrier(int) { emu_group.barrier->arrive_and_wait(); }
 
-// Every thread of the group calls it the same number of times (uniform control flow), as on the GPU.
+// Every lane of a simdgroup calls it the same number of times (uniform control flow within the simdgroup),
+// as on the GPU; other simdgroups of the threadgroup may have returned.
 inline float simd_sum(float x) {
   EmuGroup& g = emu_group;
   g.simd_scratch[g.tid] = x;
-  g.barrier->arrive_and_wait();  // all lanes have published their value
+  g.simd_barrier->arrive_and_wait();  // all lanes have published their value
   const int base = g.tid - g.tid % g.simd_width;
   float sum = 0.0f;
   for (int lane = 0; lane < g.simd_width; ++lane) sum += g.simd_scratch[base + lane];
-  g.barrier->arrive_and_wait();  // all lanes have read before the scratch is reused
+  g.simd_barrier->arrive_and_wait();  // all lanes have read before the scratch is reused
   return sum;
 }
 
