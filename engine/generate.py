@@ -134,8 +134,10 @@ def generate_step(
 ) -> Iterator[tuple[int, mx.array]]:
     """Yield (token, log-probabilities [V]) up to `max_tokens` times.
 
-    The first token is evaluated before it is yielded (so the caller's clock measures prefill exactly);
-    afterwards step n+1 is queued with `async_eval` before token n is handed out.
+    The first token is evaluated and handed out before any decode work is queued, so the caller's clock (and a
+    client's time to first token) measures prefill alone: queueing a decode step costs milliseconds of host
+    time where decode is launch-bound, as on CUDA. Afterwards step n+1 is queued with `async_eval` before
+    token n is handed out.
     """
     history = list(prompt)
 
@@ -152,17 +154,20 @@ def generate_step(
         return
     y, lp = sample(prefill(model, mx.array([prompt]), cache, options, on_step))
     mx.eval(y, lp)
-    for n in range(1, max_tokens + 1):
-        nxt = None
-        if n < max_tokens:
-            if logits_processors:
-                history.append(int(y.item()))
-            nxt = sample(decode_step(model, y, cache))
-            mx.async_eval(*nxt)
-        yield int(y.item()), lp
-        if nxt is None:
-            return
+    yield int(y.item()), lp
+
+    def queue(y: mx.array) -> tuple[mx.array, mx.array]:
+        if logits_processors:
+            history.append(int(y.item()))
+        nxt = sample(decode_step(model, y, cache))
+        mx.async_eval(*nxt)
+        return nxt
+
+    nxt = queue(y) if max_tokens > 1 else None
+    for n in range(2, max_tokens + 1):
         y, lp = nxt
+        nxt = queue(y) if n < max_tokens else None
+        yield int(y.item()), lp
 
 
 def validate_params(params: SamplingParams, vocab_size: int) -> None:

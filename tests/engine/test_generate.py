@@ -33,6 +33,20 @@ def test_greedy_tokens_and_logprobs_match_a_full_forward(demo_engine):
     assert out[-1].finish_reason == "length" and out[-1].generation_tokens == 12
 
 
+def test_first_token_is_handed_out_before_any_decode_work_is_queued(demo_engine, monkeypatch):
+    """Time to first token is prefill's alone: queueing a decode step costs host time (launch-bound on CUDA)."""
+    import engine.generate as generate
+
+    calls = []
+    real = generate.decode_step
+    monkeypatch.setattr(generate, "decode_step", lambda *a: calls.append(1) or real(*a))
+    stream = demo_engine.generate(demo_engine.encode("hello"), SamplingParams(max_tokens=3, temperature=0,
+                                                                              ignore_eos=True))
+    first = next(stream)
+    assert first.token is not None and calls == []
+    assert len([first, *stream]) == 3 and len(calls) == 2  # tokens 2 and 3; none queued past max_tokens
+
+
 def test_seed_reproduces_samples_and_other_seeds_differ(demo_engine):
     a = [r.token for r in _run(demo_engine, "hi", max_tokens=16, temperature=1.0, seed=7, ignore_eos=True)]
     b = [r.token for r in _run(demo_engine, "hi", max_tokens=16, temperature=1.0, seed=7, ignore_eos=True)]
