@@ -1,4 +1,5 @@
-"""Per-request, per-layer caches: GDN conv + recurrent state, and a growing attention KV cache."""
+"""Per-request, per-layer caches: GDN conv + recurrent state, and a growing attention KV cache (and the fixed-shape
+view of it that a compiled decode step writes)."""
 
 from __future__ import annotations
 
@@ -33,26 +34,57 @@ class KVCache:
         self.values: mx.array | None = None
         self.offset = 0
 
+    def reserve(self, n: int, like_k: mx.array, like_v: mx.array, step: int | None = None) -> None:
+        """Make room for n more tokens, growing in multiples of `step` (default `KVCache.step`) tokens (buffers
+        shaped like like_k / like_v except along T)."""
+        prev, step = self.offset, step or self.step
+        if self.keys is not None and prev + n <= self.keys.shape[2]:
+            return
+        B, H, _, D = like_k.shape
+        grow = ((n + step - 1) // step) * step
+        new_k = mx.zeros((B, H, grow, D), like_k.dtype)
+        new_v = mx.zeros((B, H, grow, like_v.shape[3]), like_v.dtype)
+        if self.keys is None:
+            self.keys, self.values = new_k, new_v
+        else:
+            self.keys = mx.concatenate([self.keys[..., :prev, :], new_k], axis=2)
+            self.values = mx.concatenate([self.values[..., :prev, :], new_v], axis=2)
+
     def update_and_fetch(self, k: mx.array, v: mx.array) -> tuple[mx.array, mx.array]:
         prev, n = self.offset, k.shape[2]
-        if self.keys is None or prev + n > self.keys.shape[2]:
-            B, H, _, D = k.shape
-            grow = ((n + self.step - 1) // self.step) * self.step
-            new_k = mx.zeros((B, H, grow, D), k.dtype)
-            new_v = mx.zeros((B, H, grow, v.shape[3]), v.dtype)
-            if self.keys is None:
-                self.keys, self.values = new_k, new_v
-            else:
-                self.keys = mx.concatenate([self.keys[..., :prev, :], new_k], axis=2)
-                self.values = mx.concatenate([self.values[..., :prev, :], new_v], axis=2)
+        self.reserve(n, k, v)
         self.offset += n
         self.keys[..., prev : self.offset, :] = k
         self.values[..., prev : self.offset, :] = v
         return self.keys[..., : self.offset, :], self.values[..., : self.offset, :]
 
+    def mask(self, n: int) -> str | None:
+        """The attention mask for n new queries against what `update_and_fetch` returned."""
+        return "causal" if n > 1 else None  # lower-right aligned: correct against a filled cache
+
     @property
     def arrays(self) -> list[mx.array]:
         return [a for a in (self.keys, self.values) if a is not None]
+
+
+class FixedKV:
+    """A KV cache as a traced decode step sees it: whole buffers written at an array offset and read whole with
+    a mask of the filled positions, so the step's shapes stay the same from token to token (one compiled trace
+    serves until the buffers grow)."""
+
+    def __init__(self, keys: mx.array, values: mx.array, offset: mx.array):
+        self.keys, self.values, self.offset = keys, values, offset  # offset: int32 scalar, tokens already held
+
+    def update_and_fetch(self, k: mx.array, v: mx.array) -> tuple[mx.array, mx.array]:
+        at = self.offset.reshape(1)
+        self.keys = mx.slice_update(self.keys, k, at, axes=(2,))
+        self.values = mx.slice_update(self.values, v, at, axes=(2,))
+        return self.keys, self.values
+
+    def mask(self, n: int) -> mx.array:
+        """[1, 1, n, L] bool: query i (at position offset + i) sees keys at positions <= offset + i."""
+        keys = mx.arange(self.keys.shape[2])[None, :]
+        return (keys <= self.offset + mx.arange(n)[:, None])[None, None]
 
 
 def set_gdn_path(cache: list[GDNCache | KVCache], method: str, chunk_size: int) -> None:

@@ -1,4 +1,4 @@
-"""Generation in three layers: `prefill` / `decode_step`, the `generate_step` token loop, and
+"""Generation in three layers: `prefill` / the decode step (engine.decode), the `generate_step` token loop, and
 `stream_generate`, which adds detokenization, stop handling, logprobs and timing."""
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import mlx.core as mx
 
 from engine.cache import cache_arrays, set_gdn_path
+from engine.decode import compiled_decode
 from engine.errors import InvalidInputError
 from engine.model import Model
 from engine.sampling import (
@@ -115,11 +116,6 @@ def _finish_step(in_flight: tuple[list[mx.array], int] | None, total: int, on_st
         on_step(done, total)
 
 
-def decode_step(model: Model, token: mx.array, cache: list) -> mx.array:
-    """One token per sequence [B] through the cached model; logits [B, V]."""
-    return model(token[:, None], cache)[:, -1, :]
-
-
 def generate_step(
     model: Model,
     prompt: list[int],
@@ -156,10 +152,12 @@ def generate_step(
     mx.eval(y, lp)
     yield int(y.item()), lp
 
+    step = compiled_decode(model)
+
     def queue(y: mx.array) -> tuple[mx.array, mx.array]:
         if logits_processors:
             history.append(int(y.item()))
-        nxt = sample(decode_step(model, y, cache))
+        nxt = sample(step(y, cache))
         mx.async_eval(*nxt)
         return nxt
 

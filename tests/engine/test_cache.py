@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from engine.cache import cache_arrays
-from engine.generate import PrefillOptions, decode_step, prefill
+from engine.decode import decode_step
+from engine.generate import PrefillOptions, prefill
 from engine.loading import load_model
 from tests.engine.hf_checkpoints import make_checkpoint
 from tests.numerics import assert_close, assert_close_to_scale

@@ -38,8 +38,8 @@ def test_first_token_is_handed_out_before_any_decode_work_is_queued(demo_engine,
     import engine.generate as generate
 
     calls = []
-    real = generate.decode_step
-    monkeypatch.setattr(generate, "decode_step", lambda *a: calls.append(1) or real(*a))
+    real = generate.compiled_decode(demo_engine.model)
+    monkeypatch.setattr(generate, "compiled_decode", lambda model: lambda *a: calls.append(1) or real(*a))
     stream = demo_engine.generate(demo_engine.encode("hello"), SamplingParams(max_tokens=3, temperature=0,
                                                                               ignore_eos=True))
     first = next(stream)

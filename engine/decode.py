@@ -1,0 +1,76 @@
+"""The decode step as one compiled MLX function per model. Decode is bound by per-operation host cost (on CUDA a
+token is ~400 small launches): `mx.compile` traces the step once and then replays it without building the graph
+in Python each token. Traced shapes must not change from token to token, so the attention caches are passed as
+whole buffers written at an array offset (`engine.cache.FixedKV`); a new trace happens only when they grow (every
+`GROWTH` tokens; the masked tail costs a decode query little). DELTASERVE_COMPILE_DECODE=0 turns it off (the step
+then runs op by op).
+"""
+
+from __future__ import annotations
+
+import os
+
+import mlx.core as mx
+
+from engine.cache import FixedKV, GDNCache, KVCache
+from engine.model import Model
+
+ENV_COMPILE = "DELTASERVE_COMPILE_DECODE"
+GROWTH = 1024  # tokens the KV buffers grow by during decode: one new trace per GROWTH tokens
+
+
+def decode_step(model: Model, token: mx.array, cache: list) -> mx.array:
+    """One token per sequence [B] through the cached model, op by op; logits [B, V]."""
+    return model(token[:, None], cache)[:, -1, :]
+
+
+class CompiledDecode:
+    """`decode(token, cache) -> logits` for one model: the same step as `decode_step`, compiled."""
+
+    def __init__(self, model: Model):
+        self.model = model
+        self._step = mx.compile(self._traced)
+
+    def _traced(self, token: mx.array, offset: mx.array, *arrays: mx.array) -> list[mx.array]:
+        caches: list[GDNCache | FixedKV] = []
+        it = iter(arrays)
+        for layer in self.model.layers:
+            if layer.is_linear:
+                c = GDNCache()
+                c.conv_state, c.state = next(it), next(it)
+            else:
+                c = FixedKV(next(it), next(it), offset)
+            caches.append(c)
+        logits = decode_step(self.model, token, caches)
+        return [logits, *(a for c in caches for a in ((c.conv_state, c.state) if isinstance(c, GDNCache)
+                                                        else (c.keys, c.values)))]
+
+    def __call__(self, token: mx.array, cache: list) -> mx.array:
+        kv = [c for c in cache if isinstance(c, KVCache)]
+        if (os.environ.get(ENV_COMPILE) == "0" or any(c.keys is None for c in kv)
+                or any(a is None for c in cache if isinstance(c, GDNCache) for a in (c.conv_state, c.state))
+                or len({c.offset for c in kv}) > 1):
+            return decode_step(self.model, token, cache)  # nothing prefilled yet: the op-by-op step
+        for c in kv:
+            c.reserve(1, c.keys, c.values, GROWTH)
+        offset = mx.array(kv[0].offset if kv else 0, dtype=mx.int32)
+        arrays = [a for c in cache for a in ((c.conv_state, c.state) if isinstance(c, GDNCache)
+                                             else (c.keys, c.values))]
+        logits, *arrays = self._step(token, offset, *arrays)
+        it = iter(arrays)
+        for c in cache:
+            if isinstance(c, GDNCache):
+                c.conv_state, c.state = next(it), next(it)
+            else:
+                c.keys, c.values = next(it), next(it)
+                c.offset += 1
+        return logits
+
+
+def compiled_decode(model: Model) -> CompiledDecode:
+    """The model's compiled decode step, made once per model (a new one would trace again)."""
+    found = getattr(model, "_compiled_decode", None)
+    if found is None:
+        found = CompiledDecode(model)
+        object.__setattr__(model, "_compiled_decode", found)
+    return found

@@ -1,0 +1,75 @@
+"""The compiled decode step (engine.decode): the same logits and caches as transformers' full forward and as the
+op-by-op step, across the KV buffers' growth (a new trace), with grouped attention heads."""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from engine.cache import KVCache
+from engine.decode import ENV_COMPILE, CompiledDecode, decode_step
+from engine.generate import prefill
+from engine.loading import load_model
+from tests.engine.hf_checkpoints import make_checkpoint
+from tests.numerics import assert_close_to_scale
+
+PROMPT = KVCache.step - 6  # decoding crosses the buffers' first growth
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    path = tmp_path_factory.mktemp("hf-decode")
+    ck = make_checkpoint(path, seed=21, num_attention_heads=4, num_key_value_heads=1)
+    ids = [int(i) for i in np.random.default_rng(9).integers(0, ck.vocab_size, PROMPT + 12)]
+    return load_model(path, mx.float32), ids, ck.logits(ids)
+
+
+def test_compiled_decode_matches_transformers_across_buffer_growth(checkpoint):
+    model, ids, expected = checkpoint
+    cache = model.make_cache()
+    step = CompiledDecode(model)
+    logits = [prefill(model, mx.array([ids[:PROMPT]]), cache)]
+    for t in ids[PROMPT:]:
+        logits.append(step(mx.array([t]), cache))
+    assert [c.offset for c in cache if isinstance(c, KVCache)][0] == len(ids)
+    actual = np.array(mx.concatenate(logits, axis=0))  # predictions after positions PROMPT-1 ..
+    assert_close_to_scale("decode logits", actual, expected[PROMPT - 1 :], rel=1e-4)
+
+
+def test_compiled_and_op_by_op_steps_agree_token_by_token(checkpoint):
+    model, ids, _ = checkpoint
+    caches = [model.make_cache(), model.make_cache()]
+    for c in caches:
+        mx.eval(prefill(model, mx.array([ids[:PROMPT]]), c))
+    step = CompiledDecode(model)
+    for t in ids[PROMPT:]:
+        token = mx.array([t])
+        a, b = step(token, caches[0]), decode_step(model, token, caches[1])
+        assert_close_to_scale("logits", np.array(a), np.array(b), rel=1e-5)
+    for c0, c1 in zip(*caches, strict=True):
+        if isinstance(c0, KVCache):  # the compiled step's buffers are whole; compare what is filled
+            assert c0.offset == c1.offset
+            for x, y in ((c0.keys, c1.keys), (c0.values, c1.values)):
+                assert_close_to_scale("kv", np.array(x[..., : c0.offset, :]), np.array(y[..., : c1.offset, :]),
+                                      rel=1e-5)
+        else:
+            for x, y in ((c0.conv_state, c1.conv_state), (c0.state, c1.state)):
+                assert_close_to_scale("gdn cache", np.array(x), np.array(y), rel=1e-5)
+
+
+def test_switched_off_or_before_prefill_the_step_runs_op_by_op(checkpoint, monkeypatch):
+    model, ids, _ = checkpoint
+    step = CompiledDecode(model)
+    traced = []
+    real = step._step
+    step._step = lambda *a: traced.append(1) or real(*a)
+    cache = model.make_cache()
+    first = step(mx.array([ids[0]]), cache)  # empty caches: no fixed shapes yet
+    assert traced == [] and first.shape == (1, model.args.vocab_size)
+    monkeypatch.setenv(ENV_COMPILE, "0")
+    step(mx.array([ids[1]]), cache)
+    assert traced == []
+    monkeypatch.delenv(ENV_COMPILE)
+    step(mx.array([ids[2]]), cache)
+    assert traced == [1]
