@@ -8,6 +8,7 @@ then runs op by op).
 
 from __future__ import annotations
 
+import logging
 import os
 
 import mlx.core as mx
@@ -15,6 +16,7 @@ import mlx.core as mx
 from engine.cache import FixedKV, GDNCache, KVCache
 from engine.model import Model
 
+log = logging.getLogger("deltaserve")
 ENV_COMPILE = "DELTASERVE_COMPILE_DECODE"
 GROWTH = 1024  # tokens the KV buffers grow by during decode: one new trace per GROWTH tokens
 
@@ -30,6 +32,7 @@ class CompiledDecode:
     def __init__(self, model: Model):
         self.model = model
         self._step = mx.compile(self._traced)
+        self.broken: str | None = None  # why tracing failed on this backend: then op by op for good
 
     def _traced(self, token: mx.array, offset: mx.array, *arrays: mx.array) -> list[mx.array]:
         caches: list[GDNCache | FixedKV] = []
@@ -47,7 +50,7 @@ class CompiledDecode:
 
     def __call__(self, token: mx.array, cache: list) -> mx.array:
         kv = [c for c in cache if isinstance(c, KVCache)]
-        if (os.environ.get(ENV_COMPILE) == "0" or any(c.keys is None for c in kv)
+        if (self.broken or os.environ.get(ENV_COMPILE) == "0" or any(c.keys is None for c in kv)
                 or any(a is None for c in cache if isinstance(c, GDNCache) for a in (c.conv_state, c.state))
                 or len({c.offset for c in kv}) > 1):
             return decode_step(self.model, token, cache)  # nothing prefilled yet: the op-by-op step
@@ -56,7 +59,12 @@ class CompiledDecode:
         offset = mx.array(kv[0].offset if kv else 0, dtype=mx.int32)
         arrays = [a for c in cache for a in ((c.conv_state, c.state) if isinstance(c, GDNCache)
                                              else (c.keys, c.values))]
-        logits, *arrays = self._step(token, offset, *arrays)
+        try:
+            logits, *arrays = self._step(token, offset, *arrays)
+        except Exception as e:  # a backend whose compile cannot take a primitive: decode still works, slower
+            self.broken = f"{type(e).__name__}: {e}"
+            log.warning("compiled decode step failed (%s); decoding op by op", self.broken)
+            return decode_step(self.model, token, cache)
         it = iter(arrays)
         for c in cache:
             if isinstance(c, GDNCache):

@@ -73,3 +73,18 @@ def test_switched_off_or_before_prefill_the_step_runs_op_by_op(checkpoint, monke
     monkeypatch.delenv(ENV_COMPILE)
     step(mx.array([ids[2]]), cache)
     assert traced == [1]
+
+
+def test_a_step_that_cannot_be_compiled_falls_back_op_by_op(checkpoint, caplog):
+    model, ids, expected = checkpoint
+    step = CompiledDecode(model)
+
+    def broken(*_):
+        raise RuntimeError("no compile here")
+
+    step._step = broken
+    cache = model.make_cache()
+    mx.eval(prefill(model, mx.array([ids[:PROMPT]]), cache))
+    logits = [step(mx.array([t]), cache) for t in ids[PROMPT : PROMPT + 3]]
+    assert step.broken == "RuntimeError: no compile here" and "decoding op by op" in caplog.text
+    assert_close_to_scale("logits", np.array(mx.concatenate(logits)), expected[PROMPT : PROMPT + 3], rel=1e-4)
