@@ -19,6 +19,9 @@ from kernels import gated_delta, gated_delta_decode, gated_delta_prologue
 from kernels.prologue import decay_and_beta
 
 SUPPORTED_MODEL_TYPES = ("qwen3_5_text", "qwen3_5")
+# Queries per attention call in a long prefill step: MLX has no fused attention at head_dim 256 on CUDA, so its
+# fallback holds a [heads, queries, keys] score matrix; blocks bound it at QUERY_BLOCK x context whatever the step.
+QUERY_BLOCK = 2048
 LAYER_TYPES = ("linear_attention", "full_attention")
 # (1 + w) norms: stored zero-centred in raw HF checkpoints, shifted once at load.
 SHIFTED_NORMS = ("input_layernorm.weight", "post_attention_layernorm.weight", "q_norm.weight", "k_norm.weight")
@@ -185,9 +188,25 @@ class Attention(nn.Module):
         q, k = self.rope(q, offset=cache.offset), self.rope(k, offset=cache.offset)
         k, v = cache.update_and_fetch(k, v)
         mask = cache.mask(T)
-        o = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask=mask)
+        if isinstance(mask, str) and T > QUERY_BLOCK:
+            o = self._blocked_attention(q, k, v, mask)
+        else:
+            o = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask=mask)
         o = o.transpose(0, 2, 1, 3).reshape(B, T, -1)
         return self.o_proj(_sigmoid_gate(o, gate.reshape(B, T, -1)))
+
+    def _blocked_attention(self, q: mx.array, k: mx.array, v: mx.array, mask: str) -> mx.array:
+        """Causal attention of T queries in blocks of QUERY_BLOCK, each against the keys up to its last query
+        (fully masked keys are skipped), each block made to wait for the previous one so their score matrices
+        are not alive together."""
+        T, L = q.shape[2], k.shape[2]
+        outs: list[mx.array] = []
+        for s in range(0, T, QUERY_BLOCK):
+            e = min(s + QUERY_BLOCK, T)
+            qb = mx.depends(q[:, :, s:e], outs[-1]) if outs else q[:, :, s:e]
+            outs.append(mx.fast.scaled_dot_product_attention(qb, k[:, :, : L - T + e], v[:, :, : L - T + e],
+                                                             scale=self.scale, mask=mask))
+        return mx.concatenate(outs, axis=2)
 
 
 class MLP(nn.Module):

@@ -60,3 +60,18 @@ def test_prefill_steps_smaller_than_prompt_match_one_step(checkpoint, path):
         # relative to the array's scale, at the chunked path's fp32 gate: other chunk boundaries round otherwise
         assert_close_to_scale(f"cache array {i}", np.array(y), np.array(x), rel=1e-5)
     assert_close("logits", np.array(b), np.array(a), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+def test_attention_in_query_blocks_matches_transformers(checkpoint, path, monkeypatch):
+    """Long steps run attention in query blocks (each against the keys up to its last query), within one step
+    and against a filled cache: the logits at every position stay transformers'."""
+    import engine.model as model_module
+
+    _, model, ids, expected = checkpoint
+    monkeypatch.setattr(model_module, "QUERY_BLOCK", 16)
+    cache = model.make_cache(PATHS[path].method, PATHS[path].chunk_size)
+    first = model(mx.array([ids[:30]]), cache)  # blocks of 16 + 14 queries
+    second = model(mx.array([ids[30:]]), cache)  # 50 queries against 30 cached positions: 16 + 16 + 16 + 2
+    actual = np.array(mx.concatenate([first[0], second[0]], axis=0))
+    assert_close_to_scale("logits", actual, expected, rel=REL)
