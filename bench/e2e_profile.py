@@ -13,6 +13,7 @@ import os
 import statistics
 import time
 from collections.abc import Iterator
+from functools import partial
 
 os.environ.setdefault("MLX_ENABLE_CACHE_THRASHING_CHECK", "0")
 
@@ -21,7 +22,7 @@ import numpy as np
 
 import engine.model as model_module
 from engine.cache import cache_arrays
-from engine.decode import CompiledDecode
+from engine.decode import CompiledDecode, decode_step
 from engine.demo import DEMO_DTYPES, ensure_demo
 from engine.generate import DEFAULT_PREFILL_STEP, PrefillOptions, prefill
 from engine.loading import load_model
@@ -86,13 +87,13 @@ def time_prefill(model, T: int, opts: PrefillOptions, runs: int, label: str = ""
     return statistics.median(times)
 
 
-def time_decode(model, context: int, opts: PrefillOptions, steps: int) -> float:
-    """Seconds per decode step (each evaluated before the next), the compiled step generation uses; a fresh one
-    per call, so its trace sees the no-ops patched in for this row."""
+def time_decode(model, context: int, opts: PrefillOptions, steps: int, compiled: bool = True) -> float:
+    """Seconds per decode step (each evaluated before the next), by default the compiled step generation uses
+    (a fresh one per call, so its trace sees the no-ops patched in for this row), else op by op."""
     cache = model.make_cache()
     token = mx.argmax(prefill(model, mx.array([[1] * context]), cache, opts), axis=-1)
     mx.eval(token)
-    step = CompiledDecode(model)
+    step = CompiledDecode(model) if compiled else partial(decode_step, model)
     t0 = time.perf_counter()
     for i in range(steps + 2):
         if i == 2:  # two steps to compile
@@ -131,6 +132,9 @@ def main() -> None:
         cells = [f"{m:.2f}" if component == "nothing" else f"{m:.2f} ({m - b:+.2f})"
                  for m, b in zip(ms, base, strict=True)]
         print(f"| {component} | " + " | ".join(cells) + " |")
+    op_by_op = time_decode(model, args.decode_context, opts, args.decode_steps, compiled=False) * 1e3
+    print(f"\ndecode step @{args.decode_context}: compiled {base[-1]:.2f} ms (the rows above), op by op "
+          f"{op_by_op:.2f} ms")
     print("\npeak MLX memory of one prefill (GB, weights included): " + "; ".join(
         f"{c}: " + ", ".join(f"@{T} {PEAK_GB[c, T]:.2f}" for T in contexts)
         for c in dict.fromkeys(c for c, _ in PEAK_GB)))

@@ -8,6 +8,7 @@
 #   bash tools/device-checks.sh kernels  # per-layer kernel table, bf16 q / k and the model's fp32 q / k
 #   bash tools/device-checks.sh tiles    # the state pass's (TV, NT) tiling against the shipped one
 #   bash tools/device-checks.sh layers   # one prefill step split by layer component, and its kernels under ncu
+#   bash tools/device-checks.sh decode   # the compiled decode step's kernels under ncu (8 tokens at 512 context)
 set -uo pipefail
 . tools/device-env.sh
 out=${OUT:-/tmp/out}
@@ -24,6 +25,21 @@ case "${1:?part: e2e, gates, kernels or tiles}" in
       | tail -40 | tee "$out/gates-pytest.txt"
     timeout 150 compute-sanitizer --tool racecheck python3 bench/gdn_sanitize.py 2>&1 | tail -3 \
       | tee "$out/gates-racecheck.txt"
+    ;;
+  decode)
+    timeout 300 ncu --metrics gpu__time_duration.sum --csv python3 -c "
+import mlx.core as mx
+from engine.decode import CompiledDecode
+from engine.demo import ensure_demo
+from engine.generate import prefill
+from engine.loading import load_model
+model = load_model(ensure_demo('demo-0.8b'), mx.bfloat16)
+cache, step = model.make_cache(), CompiledDecode(model)
+token = mx.argmax(prefill(model, mx.array([[1] * 512]), cache), axis=-1)
+for _ in range(8):
+    token = mx.argmax(step(token, cache), axis=-1)
+    mx.eval(token)
+" 2>/dev/null | python3 bench/ncu_sum.py 2>/dev/null | head -45 | tee "$out/decode-ncu.txt"
     ;;
   model)
     timeout 300 python3 -m pytest -q --maxfail=5 -rf tests/kernels/test_prologue.py tests/kernels/test_decode.py \

@@ -23,3 +23,4 @@ def test_profile_runs_every_ablation_and_the_step_sweep():
     assert all(len(cells.split("|")) == 3 for cells in rows.values() if "---" not in cells)
     assert re.search(r"prefill of 90 tokens by step size: 32: [\d.]+ ms \(peak [\d.]+ GB\), 64: ", r.stdout), r.stdout
     assert "peak MLX memory of one prefill" in r.stdout
+    assert re.search(r"decode step @12: compiled [\d.]+ ms \(the rows above\), op by op [\d.]+ ms", r.stdout), r.stdout
