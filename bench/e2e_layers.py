@@ -1,7 +1,8 @@
 """One prefill step's time split by layer component, at the loaded model's own shapes and weights: the GDN mixer
-piece by piece (projections, the prologue fused and as ops, gates, the core with the model's fp32 q / k and with
-bf16 q / k), the attention mixer, the MLP, one whole layer of each kind, and the whole step, each timed alone
-(back-to-back calls, device synchronised). Complements bench/e2e_profile.py (no-op ablation inside the model).
+piece by piece (projections, the prologue fused and as ops, gates, the core as the model feeds it, with fp32 q / k
+and with a contiguous v), the attention mixer, the MLP, one whole layer of each kind, and the whole step, each
+timed alone (back-to-back calls, device synchronised). Complements bench/e2e_profile.py (no-op ablation in
+the model).
 
 Usage: python bench/e2e_layers.py [--model demo-0.8b] [--tokens 2048] [--method chunked]
 """
@@ -44,9 +45,9 @@ def main() -> None:
     q, k, v, _ = gated_delta_prologue(qkv, None, m.conv1d.weight, **heads)
     g, beta = decay_and_beta(a, b, m.A_log, m.dt_bias)
     s0 = mx.zeros((1, m.num_v_heads, m.head_v_dim, m.head_k_dim), dtype=mx.float32)
-    qb, kb, vc = q.astype(mx.bfloat16), k.astype(mx.bfloat16), mx.contiguous(v)
+    qf, kf, vc = q.astype(mx.float32), k.astype(mx.float32), mx.contiguous(v)
     z = vc.reshape(1, T, m.value_dim)
-    mx.eval(qkv, a, b, q, k, v, g, beta, qb, kb, vc, z)
+    mx.eval(qkv, a, b, q, k, v, g, beta, qf, kf, vc, z)
 
     def gdn_cache():
         return GDNCache(args.method)
@@ -66,9 +67,9 @@ def main() -> None:
                                                       m.head_k_dim),
         "GDN conv + SiLU as MLX ops": lambda: causal_conv_silu(qkv, None, m.conv1d.weight),
         "GDN decay + beta": lambda: decay_and_beta(a, b, m.A_log, m.dt_bias),
-        "GDN core, model inputs (fp32 q / k)": core(q, k, v),
-        "GDN core, bf16 q / k": core(qb, kb, v),
-        "GDN core, bf16 q / k, contiguous v": core(qb, kb, vc),
+        "GDN core, model inputs": core(q, k, v),
+        "GDN core, fp32 q / k": core(qf, kf, v),
+        "GDN core, contiguous v": core(q, k, vc),
         "GDN gated norm": lambda: m.norm(vc, vc),
         "GDN mixer (all of the above)": lambda: m(x, gdn_cache()),
         "attention mixer": lambda: attn_layer.self_attn(x, kv_cache()),

@@ -113,7 +113,7 @@ def rel_err(a, b) -> float:
 def row(T: int, runs: int, backend: str, qk_dtype: mx.Dtype = mx.bfloat16) -> dict:
     x = inputs(T)
     q, k, v = (mx.array(x[n].astype(np.float32)).astype(mx.bfloat16) for n in "qkv")
-    q, k = q.astype(qk_dtype), k.astype(qk_dtype)  # float32: what the model passes (q / k l2-normed in fp32)
+    q, k = q.astype(qk_dtype), k.astype(qk_dtype)  # float32: fp32 q / k (the model passes its dtype's)
     g, beta = mx.array(x["g"].astype(np.float32)), mx.array(x["beta"].astype(np.float32))
     s0 = mx.zeros((1, H, D, D), dtype=mx.float32)
     chunked = lambda: gpu.chunked(q, k, v, g, beta, s0, chunk_size=64, backend=backend)  # noqa: E731
@@ -179,7 +179,7 @@ def main() -> None:
     parser.add_argument("--contexts", default="4096,16384")
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--qk-dtype", default="bfloat16", choices=["bfloat16", "float32"],
-                        help="float32: q and k as the model passes them (fla still gets bf16)")
+                        help="float32: fp32 q and k with bf16 v (fla still gets bf16)")
     args = parser.parse_args()
     backend = gpu.gpu_backend()
     assert backend == "cuda", "run this on an NVIDIA GPU with MLX's CUDA backend"

@@ -77,7 +77,7 @@ def gated_delta_prologue(
 ) -> tuple[mx.array, mx.array, mx.array, mx.array]:
     """What a multi-token step's GDN core reads, from the projections qkv [B, T, 2 Hk Dk + Hv Dv]: causal conv +
     SiLU continuing from conv_state [B, K-1, ·] (None: zeros; conv_w [·, K, 1]), split into q, k [B, T, Hk, Dk]
-    (fp32, l2-normed, q scaled by Dk^-1/2) and v [B, T, Hv, Dv] (qkv's dtype), and the new conv cache rows.
+    (l2-normed in fp32, q scaled by Dk^-1/2) and v [B, T, Hv, Dv], all in qkv's dtype, and the new conv rows.
     One kernel on GPUs (the ops take 8-10 launches and a slow grouped conv); kernels/prologue.py elsewhere, the
     reference it reproduces."""
     B, T, CD = qkv.shape

@@ -69,7 +69,7 @@ def unsupported_dims(Dk: int, Dv: int, chunk_size: int | None, backend: str, key
 
 def tf32(backend: str, out_dtype: mx.Dtype) -> bool:
     """Whether the chunked kernels' products run in plain TF32 on tensor cores: on CUDA when the outputs are
-    16-bit (rounded to 8 or 11 bits anyway; the model passes fp32 q / k and bf16 v), unless MLX_ENABLE_TF32=0,
+    16-bit (rounded to 8 or 11 bits anyway; the model passes bf16 q / k / v), unless MLX_ENABLE_TF32=0,
     the switch that also keeps MLX's own fp32 matmuls off TF32 and that the numerics gates set. Otherwise
     3xTF32: fp32-level products."""
     enabled = os.environ.get("MLX_ENABLE_TF32", "1").strip().lower() not in ("0", "false", "off", "no")
@@ -248,7 +248,7 @@ def prologue(qkv, conv_state, conv_w, *, num_k_heads: int, head_k_dim: int, num_
     return kernel(backend, "prologue")(
         inputs=[qkv, conv_state.astype(qkv.dtype), conv_w],
         output_shapes=[(B, T, Hk, Dk), (B, T, Hk, Dk), (B, T, Hv, Dv), (B, CK - 1, CD)],
-        output_dtypes=[mx.float32, mx.float32, qkv.dtype, qkv.dtype],
+        output_dtypes=[qkv.dtype] * 4,
         grid=(-(-T // PROLOGUE_GROUPS) * 32 * PROLOGUE_GROUPS, 2 * Hk + Hv, B),
         threadgroup=(32 * PROLOGUE_GROUPS, 1, 1),
         template=[("OutT", qkv.dtype), ("CK", CK), ("DK", Dk), ("DV", Dv), ("HK", Hk), ("HV", Hv),

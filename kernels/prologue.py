@@ -41,12 +41,14 @@ def decay_and_beta(a: mx.array, b: mx.array, a_log: mx.array, dt_bias: mx.array)
 
 
 def split_heads(mixed: mx.array, hk: int, hv: int, dk: int, dv: int) -> tuple[mx.array, mx.array, mx.array]:
-    """The conv outputs [B, T, 2 Hk Dk + Hv Dv] as q, k [B, T, Hk, Dk] (fp32, l2-normed, q scaled by Dk^-1/2)
-    and v [B, T, Hv, Dv] (as computed)."""
+    """The conv outputs [B, T, 2 Hk Dk + Hv Dv] as q, k [B, T, Hk, Dk] (l2-normed in fp32, q scaled by Dk^-1/2,
+    then in the outputs' dtype) and v [B, T, Hv, Dv] (as computed)."""
     B, T, _ = mixed.shape
     q, k, v = mx.split(mixed, [hk * dk, 2 * hk * dk], axis=-1)
-    q = l2_normalize(q.reshape(B, T, hk, dk).astype(mx.float32), scale=dk**-0.5)  # the only place q is scaled
-    k = l2_normalize(k.reshape(B, T, hk, dk).astype(mx.float32))
+    # normed in fp32, then in the model's dtype as transformers and fla keep them (the GDN kernels read 16-bit q / k
+    # exactly on tensor cores, and half the bytes); q is scaled here only
+    q = l2_normalize(q.reshape(B, T, hk, dk).astype(mx.float32), scale=dk**-0.5).astype(mixed.dtype)
+    k = l2_normalize(k.reshape(B, T, hk, dk).astype(mx.float32)).astype(mixed.dtype)
     return q, k, v.reshape(B, T, hv, dv)
 
 

@@ -5,7 +5,7 @@
 #   bash tools/device-checks.sh e2e      # component ablation + step sweep, then the peers' table + server TTFT
 #   bash tools/device-checks.sh gates    # GPU tests (fused decode, fp32 / TF32 / whole-model gates) + racecheck
 #   bash tools/device-checks.sh model    # the model-level GPU gates only (prologue, decode, caches, chunked model)
-#   bash tools/device-checks.sh kernels  # per-layer kernel table, bf16 q / k and the model's fp32 q / k
+#   bash tools/device-checks.sh kernels  # per-layer kernel table, bf16 q / k (the model's) and fp32 q / k
 #   bash tools/device-checks.sh tiles    # the state pass's (TV, NT) tiling against the shipped one
 #   bash tools/device-checks.sh layers   # one prefill step split by layer component, and its kernels under ncu
 #   bash tools/device-checks.sh decode   # the compiled decode step's kernels under ncu (8 tokens at 512 context)

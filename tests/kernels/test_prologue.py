@@ -33,7 +33,7 @@ def test_prologue_matches_the_oracle(case):
     empty = kw.get("empty", False)
     q, k, v, conv = gated_delta_prologue(qkv, None if empty else conv_state, conv_w, num_k_heads=kw["Hk"],
                                          head_k_dim=kw["Dk"], num_v_heads=kw["Hv"])
-    assert q.dtype == k.dtype == mx.float32 and v.dtype == conv.dtype == qkv.dtype
+    assert q.dtype == k.dtype == v.dtype == conv.dtype == qkv.dtype
     for name, got, want in zip(("q", "k", "v", "conv cache"), (q, k, v, conv),
                                oracle.prologue(*ref, kw["Hk"], kw["Dk"], kw["Hv"]), strict=True):
         assert got.shape == want.shape, name
