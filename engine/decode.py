@@ -32,7 +32,8 @@ class CompiledDecode:
     def __init__(self, model: Model):
         self.model = model
         self._step = mx.compile(self._traced)
-        self.broken: str | None = None  # why tracing failed on this backend: then op by op for good
+        self.broken: str | None = None  # why the compiled step failed on this backend: then op by op for good
+        self.proven = False  # a compiled step has run to the end
 
     def _traced(self, token: mx.array, offset: mx.array, *arrays: mx.array) -> list[mx.array]:
         caches: list[GDNCache | FixedKV] = []
@@ -61,6 +62,9 @@ class CompiledDecode:
                                              else (c.keys, c.values))]
         try:
             logits, *arrays = self._step(token, offset, *arrays)
+            if not self.proven:  # the first compiled step runs here, so a failure shows before any state changes
+                mx.eval(logits, *arrays)
+                self.proven = True
         except Exception as e:  # a backend whose compile cannot take a primitive: decode still works, slower
             self.broken = f"{type(e).__name__}: {e}"
             log.warning("compiled decode step failed (%s); decoding op by op", self.broken)

@@ -75,16 +75,27 @@ def test_switched_off_or_before_prefill_the_step_runs_op_by_op(checkpoint, monke
     assert traced == [1]
 
 
-def test_a_step_that_cannot_be_compiled_falls_back_op_by_op(checkpoint, caplog):
+@pytest.mark.parametrize("when", ["tracing", "running"])
+def test_a_step_that_cannot_be_compiled_falls_back_op_by_op(checkpoint, caplog, monkeypatch, when):
+    """Tracing or the first compiled run failing (a backend whose compile cannot take a primitive) leaves the
+    caches untouched and decodes op by op from then on."""
     model, ids, expected = checkpoint
     step = CompiledDecode(model)
-
-    def broken(*_):
-        raise RuntimeError("no compile here")
-
-    step._step = broken
     cache = model.make_cache()
     mx.eval(prefill(model, mx.array([ids[:PROMPT]]), cache))
+    if when == "tracing":
+        def broken(*_):
+            raise RuntimeError("no compile here")
+
+        step._step = broken
+    else:
+        real_eval = mx.eval
+
+        def eval_once_broken(*a):
+            monkeypatch.setattr(mx, "eval", real_eval)
+            raise RuntimeError("no compile here")
+
+        monkeypatch.setattr(mx, "eval", eval_once_broken)
     logits = [step(mx.array([t]), cache) for t in ids[PROMPT : PROMPT + 3]]
     assert step.broken == "RuntimeError: no compile here" and "decoding op by op" in caplog.text
     assert_close_to_scale("logits", np.array(mx.concatenate(logits)), expected[PROMPT : PROMPT + 3], rel=1e-4)
