@@ -1,31 +1,43 @@
-"""One GDN decode step (T = 1, B = 1, 16 heads x 128, bf16) repeated 11 times, by our serial kernel or by
-the MLX-ops path, for GPU-time measurement under a profiler:
+"""One GDN decode step (T = 1, B = 1, 16 heads x 128, bf16) repeated 11 times, for GPU-time measurement under a
+profiler: the core's step by our serial kernel (`kernel`) or the MLX-ops path (`ops`), or a whole layer's step
+from its projections (conv, SiLU, q / k norms, decay, beta, the step, the conv-cache shift) by the fused decode
+kernel (`fused`) or as MLX ops (`layer-ops`):
 
-    ncu --csv --metrics gpu__time_duration.sum python bench/gpu_decode.py kernel|ops
+    ncu --csv --metrics gpu__time_duration.sum python bench/gpu_decode.py kernel|ops|fused|layer-ops
 """
 
 from __future__ import annotations
 
+import os
 import sys
 
 import mlx.core as mx
 
-from kernels import gpu
+from kernels import ENV_OPS, gated_delta_decode, gpu
 from kernels.serial import gated_delta_serial
 
-H, D, STEPS = 16, 128, 11
-
+H, D, K, STEPS = 16, 128, 4, 11
+mode = sys.argv[1]
+if mode == "layer-ops":
+    os.environ[ENV_OPS] = "1"  # the serial step as MLX ops as well
 q = (mx.random.normal((1, 1, H, D)) / 11.3).astype(mx.bfloat16)
 k = (mx.random.normal((1, 1, H, D)) / 11.3).astype(mx.bfloat16)
 v = mx.random.normal((1, 1, H, D)).astype(mx.bfloat16)
 g, beta = -mx.random.uniform(0, 2, (1, 1, H)), mx.random.uniform(0, 1, (1, 1, H))
+qkv, past = mx.random.normal((1, 1, 3 * H * D)).astype(mx.bfloat16), mx.zeros((1, K - 1, 3 * H * D), mx.bfloat16)
+conv_w = (mx.random.normal((3 * H * D, K, 1)) * 0.5).astype(mx.bfloat16)
+a, b = mx.random.normal((1, 1, H)).astype(mx.bfloat16), mx.random.normal((1, 1, H)).astype(mx.bfloat16)
+a_log, dt_bias = mx.log(mx.random.uniform(0.5, 16, (H,))), mx.zeros((H,))
 state = mx.zeros((1, H, D, D))
-mx.eval(q, k, v, g, beta, state)
+mx.eval(q, k, v, g, beta, qkv, past, conv_w, a, b, a_log, dt_bias, state)
 backend = gpu.gpu_backend()
 for _ in range(STEPS):
-    if sys.argv[1] == "kernel":
+    if mode == "kernel":
         out, state = gpu.serial(q, k, v, g, beta, state, backend=backend)
-    else:
+    elif mode == "ops":
         out, state = gated_delta_serial(q, k, v, g, beta, state)
-    mx.eval(out, state)
+    else:  # fused / layer-ops: kernels.gated_delta_decode takes the kernel unless ENV_OPS is set
+        out, past, state = gated_delta_decode(qkv, past, conv_w, a, b, a_log, dt_bias, state, num_k_heads=H,
+                                              head_k_dim=D)
+    mx.eval(out, state, past)
 mx.synchronize()

@@ -8,7 +8,7 @@
 #   bash tools/device-checks.sh kernels  # per-layer kernel table, bf16 q / k (the model's) and fp32 q / k
 #   bash tools/device-checks.sh tiles    # the state pass's (TV, NT) tiling against the shipped one
 #   bash tools/device-checks.sh layers   # one prefill step split by layer component, and its kernels under ncu
-#   bash tools/device-checks.sh decode   # the compiled decode step's kernels under ncu (8 tokens at 512 context)
+#   bash tools/device-checks.sh decode   # the compiled decode step's kernels under ncu; one layer's step, fused vs ops
 set -uo pipefail
 . tools/device-env.sh
 out=${OUT:-/tmp/out}
@@ -40,6 +40,12 @@ for _ in range(8):
     token = mx.argmax(step(token, cache), axis=-1)
     mx.eval(token)
 " 2>/dev/null | python3 bench/ncu_sum.py 2>/dev/null | head -45 | tee "$out/decode-ncu.txt"
+    # One layer's decode step, 11 times: GPU time of the fused kernel against the same work as MLX ops (issue 5)
+    for mode in kernel ops fused layer-ops; do
+      echo "== $mode (11 steps)"
+      timeout 60 ncu --metrics gpu__time_duration.sum --csv python3 bench/gpu_decode.py $mode 2>/dev/null \
+        | python3 bench/ncu_sum.py 2>/dev/null | tail -1
+    done 2>&1 | tee "$out/decode-step-ncu.txt"
     ;;
   model)
     timeout 300 python3 -m pytest -q --maxfail=5 -rf tests/kernels/test_prologue.py tests/kernels/test_decode.py \
