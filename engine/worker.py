@@ -175,5 +175,8 @@ class EngineWorker:
                 if job.cancel.is_set():
                     raise Cancelled
                 job.emit(Token(result, time.perf_counter()))  # token None: prefill-only (max_tokens 0)
+                # Release the GIL at once, so the event loop can send this token before this thread goes on
+                # queueing the next step (Python-heavy where decode is op by op; else up to a 5 ms switch wait).
+                time.sleep(0)
                 reason = result.finish_reason or reason
         job.emit(Finished(time.perf_counter(), reason))
