@@ -40,7 +40,7 @@ def main() -> None:
     x = (mx.random.normal((1, T, model.args.hidden_size)) * 0.5).astype(mx.bfloat16)
     ids = mx.random.randint(0, model.args.vocab_size, (1, T))
 
-    qkv, a, b = m.in_proj_qkv(x), m.in_proj_a(x), m.in_proj_b(x)
+    qkv, _, b, a = m.project(x)  # the model's projections (one fused matmul once loaded)
     heads = dict(num_k_heads=m.num_k_heads, head_k_dim=m.head_k_dim, num_v_heads=m.num_v_heads)
     q, k, v, _ = gated_delta_prologue(qkv, None, m.conv1d.weight, **heads)
     g, beta = decay_and_beta(a, b, m.A_log, m.dt_bias)
@@ -59,8 +59,7 @@ def main() -> None:
         return lambda: gated_delta(qq, kk, vv, g, beta, s0, method=args.method)
 
     cases = {
-        "GDN projections (qkv, z, a, b, out)": lambda: [m.in_proj_qkv(x), m.in_proj_z(x), m.in_proj_a(x),
-                                                        m.in_proj_b(x), m.out_proj(z)],
+        "GDN projections (qkv, z, b, a, out)": lambda: [*m.project(x), m.out_proj(z)],
         "GDN prologue (conv, SiLU, split, q / k norms), as the model runs it": lambda: gated_delta_prologue(
             qkv, None, m.conv1d.weight, **heads),
         "GDN prologue as MLX ops": lambda: conv_split(qkv, None, m.conv1d.weight, m.num_k_heads, m.num_v_heads,

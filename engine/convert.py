@@ -25,7 +25,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 def convert(src: Path, dst: Path, *, dtype: mx.Dtype = mx.float32, bits: int | None = None,
             group_size: int = 64) -> Path:
     """Load `src` in `dtype`, quantize linear and embedding layers to `bits` if given, save to `dst`."""
-    model = load_model(src, dtype)
+    model = load_model(src, dtype, fuse=False)  # saved under the checkpoint's own names
     config = read_json(src / "config.json")
     if bits is not None:
         nn.quantize(model, group_size=group_size, bits=bits)

@@ -137,8 +137,9 @@ def _cast(name: str, value: mx.array, dtype: mx.Dtype) -> mx.array:
     return value.astype(dtype) if mx.issubdtype(value.dtype, mx.floating) else value
 
 
-def load_model(model_dir: Path, dtype: mx.Dtype) -> Model:
-    """Build the model from `config.json` and load (and if needed quantize) its weights in `dtype`."""
+def load_model(model_dir: Path, dtype: mx.Dtype, *, fuse: bool = True) -> Model:
+    """Build the model from `config.json` and load (and if needed quantize) its weights in `dtype`; with `fuse`,
+    join the projections that read one input (`Model.fuse_projections`; a model to save keeps them apart)."""
     args = load_args(model_dir)
     raw = load_weights(model_dir)
     has_head = any(canonical_key(k) == "lm_head.weight" for k in raw)
@@ -155,4 +156,6 @@ def load_model(model_dir: Path, dtype: mx.Dtype) -> Model:
     except Exception as e:
         raise ModelLoadError(f"cannot materialise the weights of {model_dir}: {e}") from None
     model.eval()
+    if fuse:
+        model.fuse_projections()
     return model

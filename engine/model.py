@@ -1,12 +1,15 @@
 """Qwen3.5 text model (Gated DeltaNet + gated full attention) in MLX.
 
 Attribute names equal the Hugging Face parameter names, so `sanitize` only strips prefixes, drops the vision
-tower / MTP head and converts the raw layout (conv weight orientation, zero-centred norms).
+tower / MTP head and converts the raw layout (conv weight orientation, zero-centred norms). After loading,
+`Model.fuse_projections` may join the linear layers that read one input into one (`fused_proj`).
 """
 
 from __future__ import annotations
 
+import copy
 import inspect
+import itertools
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -102,6 +105,46 @@ def _gated_tail(normed: mx.array, weight: mx.array, gate: mx.array) -> mx.array:
     return (weight * normed * (g * mx.sigmoid(g))).astype(normed.dtype)
 
 
+def fuse_linears(layers: list[nn.Module]) -> nn.Module | None:
+    """One layer computing `layers`' outputs side by side (their rows stacked), when all are Linear, or all
+    QuantizedLinear with one quantization, with the same parameters; else None."""
+    def kind(m: nn.Module) -> tuple:
+        return (type(m), sorted(k for k, v in m.items() if isinstance(v, mx.array)), getattr(m, "group_size", None),
+                getattr(m, "bits", None), getattr(m, "mode", None))
+
+    first = layers[0]
+    if type(first) not in (nn.Linear, nn.QuantizedLinear) or any(kind(m) != kind(first) for m in layers):
+        return None
+    fused = copy.copy(first)  # keeps the quantization settings and the frozen state
+    for key in kind(first)[1]:
+        fused[key] = mx.concatenate([m[key] for m in layers], axis=0)
+    return fused
+
+
+class FusedProjections(nn.Module):
+    """A module whose `PROJECTIONS` (names of linear layers) all read one input. `fuse_projections` swaps them for
+    one layer, `fused_proj`: one matmul instead of several (decode is bound by kernel launches). `project(x)`
+    gives their outputs in order either way. Checkpoints keep the separate names: the loader fuses after loading
+    and `convert` saves an unfused model."""
+
+    PROJECTIONS: tuple[str, ...] = ()
+
+    def fuse_projections(self) -> None:
+        layers = [self[name] for name in self.PROJECTIONS]
+        fused = fuse_linears(layers)
+        if fused is None:
+            return
+        self._splits = tuple(itertools.accumulate(m.weight.shape[0] for m in layers[:-1]))  # a tuple: no parameter
+        for name in self.PROJECTIONS:
+            del self[name]
+        self.fused_proj = fused
+
+    def project(self, x: mx.array) -> list[mx.array]:
+        if "fused_proj" in self:
+            return mx.split(self.fused_proj(x), self._splits, axis=-1)
+        return [self[name](x) for name in self.PROJECTIONS]
+
+
 class RMSNormGated(nn.Module):
     """rmsnorm(o) * w * silu(z) per head, in fp32; the weight is plain (not 1 + w)."""
 
@@ -115,8 +158,10 @@ class RMSNormGated(nn.Module):
         return _gated_tail(normed, self.weight, gate)
 
 
-class GatedDeltaNet(nn.Module):
+class GatedDeltaNet(FusedProjections):
     """Linear-attention mixer: projections, causal depthwise conv, fp32 gates, GDN core, gated norm."""
+
+    PROJECTIONS = ("in_proj_qkv", "in_proj_z", "in_proj_b", "in_proj_a")
 
     def __init__(self, args: ModelArgs):
         super().__init__()
@@ -140,7 +185,7 @@ class GatedDeltaNet(nn.Module):
 
     def __call__(self, x: mx.array, cache: GDNCache) -> mx.array:
         B, T, _ = x.shape
-        a, b, qkv = self.in_proj_a(x), self.in_proj_b(x), self.in_proj_qkv(x)
+        qkv, z, b, a = self.project(x)
         if T == 1:  # decode: conv, norms, gates and the serial step fused into one call (one kernel on GPUs)
             out, cache.conv_state, cache.state = gated_delta_decode(
                 qkv, cache.conv_state, self.conv1d.weight, a, b, self.A_log, self.dt_bias, cache.state,
@@ -154,13 +199,14 @@ class GatedDeltaNet(nn.Module):
             if state is None:
                 state = mx.zeros((B, self.num_v_heads, self.head_v_dim, self.head_k_dim), dtype=mx.float32)
             out, cache.state = gated_delta(q, k, v, g, beta, state, method=cache.method, chunk_size=cache.chunk_size)
-        z = self.in_proj_z(x).reshape(B, T, self.num_v_heads, self.head_v_dim)
-        out = self.norm(out, z).reshape(B, T, self.value_dim)
+        out = self.norm(out, z.reshape(B, T, self.num_v_heads, self.head_v_dim)).reshape(B, T, self.value_dim)
         return self.out_proj(out)
 
 
-class Attention(nn.Module):
+class Attention(FusedProjections):
     """Full attention with a per-head packed query|gate projection, q/k norms and partial NeoX RoPE."""
+
+    PROJECTIONS = ("q_proj", "k_proj", "v_proj")
 
     def __init__(self, args: ModelArgs):
         super().__init__()
@@ -181,10 +227,11 @@ class Attention(nn.Module):
 
     def __call__(self, x: mx.array, cache: KVCache | FixedKV) -> mx.array:
         B, T, _ = x.shape
-        q, gate = mx.split(self.q_proj(x).reshape(B, T, self.n_heads, 2 * self.head_dim), 2, axis=-1)
+        q, k, v = self.project(x)
+        q, gate = mx.split(q.reshape(B, T, self.n_heads, 2 * self.head_dim), 2, axis=-1)
         q = self.q_norm(q).transpose(0, 2, 1, 3)
-        k = self.k_norm(self.k_proj(x).reshape(B, T, self.n_kv_heads, -1)).transpose(0, 2, 1, 3)
-        v = self.v_proj(x).reshape(B, T, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
+        k = self.k_norm(k.reshape(B, T, self.n_kv_heads, -1)).transpose(0, 2, 1, 3)
+        v = v.reshape(B, T, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
         q, k = self.rope(q, offset=cache.offset), self.rope(k, offset=cache.offset)
         k, v = cache.update_and_fetch(k, v)
         mask = cache.mask(T)
@@ -209,7 +256,9 @@ class Attention(nn.Module):
         return mx.concatenate(outs, axis=2)
 
 
-class MLP(nn.Module):
+class MLP(FusedProjections):
+    PROJECTIONS = ("gate_proj", "up_proj")
+
     def __init__(self, dim: int, hidden_dim: int):
         super().__init__()
         self.gate_proj = nn.Linear(dim, hidden_dim, bias=False)
@@ -217,7 +266,7 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(hidden_dim, dim, bias=False)
 
     def __call__(self, x: mx.array) -> mx.array:
-        return self.down_proj(_swiglu(self.gate_proj(x), self.up_proj(x)))
+        return self.down_proj(_swiglu(*self.project(x)))
 
 
 class DecoderLayer(nn.Module):
@@ -274,6 +323,14 @@ class Model(nn.Module):
 
     def __call__(self, inputs: mx.array, cache: list | None = None) -> mx.array:
         return self.head(self.hidden(inputs, cache))
+
+    def fuse_projections(self) -> None:
+        """Join the linear layers that read one input (see FusedProjections), a layer at a time so the copies
+        never hold more than one layer's weights twice."""
+        for layer in self.layers:
+            for m in (layer.linear_attn if layer.is_linear else layer.self_attn, layer.mlp):
+                m.fuse_projections()
+            mx.eval(layer.parameters())
 
     @property
     def layers(self) -> list[DecoderLayer]:

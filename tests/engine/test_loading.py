@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 
@@ -47,7 +48,7 @@ def test_quantized_checkpoint_loads_and_generates(demo_dir, tmp_path, bits):
     convert(demo_dir, tmp_path / "q", bits=bits, group_size=64)
     assert json.loads((tmp_path / "q" / "config.json").read_text())["quantization"]["bits"] == bits
     engine = Engine.load(str(tmp_path / "q"), "float32")
-    assert isinstance(engine.model.layers[0].mlp.up_proj, nn.QuantizedLinear)
+    assert isinstance(engine.model.layers[0].mlp.fused_proj, nn.QuantizedLinear)  # gate | up, still quantized
     out = list(engine.generate(engine.encode("hello"), SamplingParams(max_tokens=8, temperature=0)))
     assert out[-1].generation_tokens == 8 or out[-1].finish_reason == "stop"
     # loading reproduces the in-memory quantized model exactly, which tracks the full-precision one
@@ -62,7 +63,7 @@ def test_gates_stay_fp32_in_a_bf16_model(hf_dir):
     model = load_model(hf_dir, mx.bfloat16)
     gdn = model.layers[0].linear_attn
     assert gdn.A_log.dtype == mx.float32 and gdn.dt_bias.dtype == mx.float32
-    assert gdn.in_proj_qkv.weight.dtype == mx.bfloat16
+    assert gdn.fused_proj.weight.dtype == mx.bfloat16
 
 
 def test_sharded_checkpoint_with_index(hf_dir, tmp_path):
@@ -127,3 +128,19 @@ def test_missing_directory_is_named():
 def test_offline_hub_repo_fails_with_one_sentence():
     with pytest.raises(ModelLoadError, match=r"'nobody-xyz/not-a-model'.*--model demo"):
         resolve_model_path("nobody-xyz/not-a-model")
+
+
+@pytest.mark.parametrize("bits", [None, 4])
+def test_fused_projections_compute_what_the_separate_layers_do(hf_dir, bits):
+    """Loading joins the layers that read one input (GDN qkv | z | b | a, attention q | k | v, MLP gate | up) into
+    one matmul each; logits stay those of the separate layers, plain or quantized."""
+    separate = load_model(hf_dir, mx.float32, fuse=False)
+    if bits:
+        nn.quantize(separate, group_size=32, bits=bits)
+    fused = copy.deepcopy(separate)
+    fused.fuse_projections()
+    for layer in fused.layers:
+        mixer = layer.linear_attn if layer.is_linear else layer.self_attn
+        assert "fused_proj" in mixer and "fused_proj" in layer.mlp
+        assert not any(name in mixer for name in mixer.PROJECTIONS)
+    assert_close_to_scale("logits", _logits(fused), _logits(separate), rel=1e-6)
