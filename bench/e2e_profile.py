@@ -52,7 +52,7 @@ def _no_prologue(qkv, conv_state, conv_w, *, num_k_heads, head_k_dim, num_v_head
 @contextlib.contextmanager
 def without(component: str) -> Iterator[None]:
     """Replace components of the model by no-ops of the same shapes for the duration. MLX evaluates lazily, so
-    what only feeds a no-op is skipped too ("GDN core" also drops its prologue and input projections). The GDN
+    what only feeds a no-op is skipped too ("GDN core" also drops its prologue). The GDN
     prologue (conv, SiLU, split, q / k norms) is fused into the decode step's kernel, so that row is prefill's."""
     targets = {
         "GDN core": [(model_module, "gated_delta", _no_gdn_core), (model_module, "gated_delta_decode", _no_gdn_decode)],
