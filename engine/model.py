@@ -130,6 +130,8 @@ class FusedProjections(nn.Module):
     PROJECTIONS: tuple[str, ...] = ()
 
     def fuse_projections(self) -> None:
+        if "fused_proj" in self:
+            return
         layers = [self[name] for name in self.PROJECTIONS]
         fused = fuse_linears(layers)
         if fused is None:

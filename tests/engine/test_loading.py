@@ -139,6 +139,7 @@ def test_fused_projections_compute_what_the_separate_layers_do(hf_dir, bits):
         nn.quantize(separate, group_size=32, bits=bits)
     fused = copy.deepcopy(separate)
     fused.fuse_projections()
+    fused.fuse_projections()  # a second call changes nothing
     for layer in fused.layers:
         mixer = layer.linear_attn if layer.is_linear else layer.self_attn
         assert "fused_proj" in mixer and "fused_proj" in layer.mlp
