@@ -144,4 +144,5 @@ def test_fused_projections_compute_what_the_separate_layers_do(hf_dir, bits):
         mixer = layer.linear_attn if layer.is_linear else layer.self_attn
         assert "fused_proj" in mixer and "fused_proj" in layer.mlp
         assert not any(name in mixer for name in mixer.PROJECTIONS)
-    assert_close_to_scale("logits", _logits(fused), _logits(separate), rel=1e-6)
+    # the same dot products; BLAS may block a wider matrix differently: fp32 rounding, not an equality
+    assert_close_to_scale("logits", _logits(fused), _logits(separate), rel=1e-5)
