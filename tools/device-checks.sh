@@ -4,7 +4,8 @@
 # earlier one on the same warm machine: carry [".whl2", ".whl3"] after the `cp .whl/* /root/w/` call.
 #   bash tools/device-checks.sh e2e      # component ablation + step sweep, then the peers' table + server TTFT
 #   bash tools/device-checks.sh gates    # GPU tests (fused decode, fp32 / TF32 / whole-model gates) + racecheck
-#   bash tools/device-checks.sh model    # the model-level GPU gates only (prologue, decode, caches, chunked model)
+#   bash tools/device-checks.sh model    # model-level GPU gates (prologue, decode kernel, compiled decode, fused
+#                                        # projections, caches, parity, chunked model)
 #   bash tools/device-checks.sh kernels  # per-layer kernel table, bf16 q / k (the model's) and fp32 q / k
 #   bash tools/device-checks.sh tiles    # the state pass's (TV, NT) tiling against the shipped one
 #   bash tools/device-checks.sh layers   # one prefill step split by layer component, and its kernels under ncu
@@ -48,8 +49,9 @@ for _ in range(8):
     done 2>&1 | tee "$out/decode-step-ncu.txt"
     ;;
   model)
-    timeout 300 python3 -m pytest -q --maxfail=5 -rf tests/kernels/test_prologue.py tests/kernels/test_decode.py \
-      tests/engine/test_cache.py tests/engine/test_chunked_model.py 2>&1 | tail -30 | tee "$out/model-pytest.txt"
+    timeout 400 python3 -m pytest -q --maxfail=5 -rf tests/kernels/test_prologue.py tests/kernels/test_decode.py \
+      tests/engine/test_cache.py tests/engine/test_decode.py tests/engine/test_loading.py tests/engine/test_generate.py \
+      tests/engine/test_parity.py tests/engine/test_chunked_model.py 2>&1 | tail -30 | tee "$out/model-pytest.txt"
     ;;
   kernels)
     timeout 280 python3 bench/gpu_kernels.py --contexts 512,4096,16384 --runs 5 2>&1 | grep -v -i warn \
