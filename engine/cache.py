@@ -86,6 +86,10 @@ class FixedKV:
         keys = mx.arange(self.keys.shape[2])[None, :]
         return (keys <= self.offset + mx.arange(n)[:, None])[None, None]
 
+    @property
+    def arrays(self) -> list[mx.array]:
+        return [self.keys, self.values]
+
 
 def set_gdn_path(cache: list[GDNCache | KVCache], method: str, chunk_size: int) -> None:
     """Choose the GDN core path of every GDN layer for the next multi-token call."""
@@ -94,6 +98,6 @@ def set_gdn_path(cache: list[GDNCache | KVCache], method: str, chunk_size: int) 
             c.method, c.chunk_size = method, chunk_size
 
 
-def cache_arrays(cache: list[GDNCache | KVCache]) -> list[mx.array]:
+def cache_arrays(cache: list[GDNCache | KVCache | FixedKV]) -> list[mx.array]:
     """Every array held by a model cache, for `mx.eval` between prefill steps."""
     return [a for c in cache for a in c.arrays]

@@ -13,7 +13,7 @@ import os
 
 import mlx.core as mx
 
-from engine.cache import FixedKV, GDNCache, KVCache
+from engine.cache import FixedKV, GDNCache, KVCache, cache_arrays
 from engine.model import Model
 
 log = logging.getLogger("deltaserve")
@@ -46,8 +46,7 @@ class CompiledDecode:
                 c = FixedKV(next(it), next(it), offset)
             caches.append(c)
         logits = decode_step(self.model, token, caches)
-        return [logits, *(a for c in caches for a in ((c.conv_state, c.state) if isinstance(c, GDNCache)
-                                                        else (c.keys, c.values)))]
+        return [logits, *cache_arrays(caches)]
 
     def __call__(self, token: mx.array, cache: list) -> mx.array:
         kv = [c for c in cache if isinstance(c, KVCache)]
@@ -58,10 +57,8 @@ class CompiledDecode:
         for c in kv:
             c.reserve(1, c.keys, c.values, GROWTH)
         offset = mx.array(kv[0].offset if kv else 0, dtype=mx.int32)
-        arrays = [a for c in cache for a in ((c.conv_state, c.state) if isinstance(c, GDNCache)
-                                             else (c.keys, c.values))]
         try:
-            logits, *arrays = self._step(token, offset, *arrays)
+            logits, *arrays = self._step(token, offset, *cache_arrays(cache))  # every array present (checked above)
             if not self.proven:  # the first compiled step runs here, so a failure shows before any state changes
                 mx.eval(logits, *arrays)
                 self.proven = True

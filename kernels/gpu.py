@@ -239,7 +239,7 @@ def decode(qkv, conv_state, conv_w, a, b, a_log, dt_bias, state, *, num_k_heads:
 
 def prologue(qkv, conv_state, conv_w, *, num_k_heads: int, head_k_dim: int, num_v_heads: int, backend: str,
              verbose: bool = False):
-    """A prefill step's conv + SiLU, split and q / k l2-norm in one kernel (see kernels.gdn_prologue): one
+    """A prefill step's conv + SiLU, split and q / k l2-norm in one kernel (see kernels.gated_delta_prologue): one
     32-thread group per (token, head segment, sequence)."""
     B, T, CD = qkv.shape
     Hk, Dk, Hv = num_k_heads, head_k_dim, num_v_heads

@@ -28,19 +28,8 @@ case "${1:?part: e2e, gates, kernels or tiles}" in
       | tee "$out/gates-racecheck.txt"
     ;;
   decode)
-    timeout 300 ncu --metrics gpu__time_duration.sum --csv python3 -c "
-import mlx.core as mx
-from engine.decode import CompiledDecode
-from engine.demo import ensure_demo
-from engine.generate import prefill
-from engine.loading import load_model
-model = load_model(ensure_demo('demo-0.8b'), mx.bfloat16)
-cache, step = model.make_cache(), CompiledDecode(model)
-token = mx.argmax(prefill(model, mx.array([[1] * 512]), cache), axis=-1)
-for _ in range(8):
-    token = mx.argmax(step(token, cache), axis=-1)
-    mx.eval(token)
-" 2>/dev/null | python3 bench/ncu_sum.py 2>/dev/null | head -45 | tee "$out/decode-ncu.txt"
+    timeout 300 ncu --metrics gpu__time_duration.sum --csv python3 bench/profile_run.py decode 8 2>/dev/null \
+      | python3 bench/ncu_sum.py 2>/dev/null | head -45 | tee "$out/decode-ncu.txt"
     # One layer's decode step, 11 times: GPU time of the fused kernel against the same work as MLX ops (issue 5)
     for mode in kernel ops fused layer-ops; do
       echo "== $mode (11 steps)"
@@ -65,44 +54,12 @@ for _ in range(8):
   layers)
     timeout 200 python3 bench/e2e_layers.py --tokens 2048 2>&1 | tee "$out/layers-2048.txt"
     timeout 150 python3 bench/e2e_layers.py --tokens 8192 --runs 3 --reps 3 2>&1 | tee "$out/layers-8192.txt"
-    # Every kernel of a warm-up and a timed 2048-token chunked prefill, GPU time summed per kernel name.
-    timeout 220 ncu --metrics gpu__time_duration.sum --csv python3 -c "
-import mlx.core as mx
-from engine.demo import ensure_demo
-from engine.generate import PrefillOptions, prefill
-from engine.loading import load_model
-model = load_model(ensure_demo('demo-0.8b'), mx.bfloat16)
-ids = mx.random.randint(0, 1000, (1, 2048))
-for _ in range(2):
-    mx.eval(prefill(model, ids, model.make_cache('chunked'), PrefillOptions('chunked', 64, 2048)))
-" 2>/dev/null | python3 bench/ncu_sum.py 2>/dev/null | head -40 | tee "$out/layers-ncu.txt"
-    # The same number of 2048-token steps as one 4096-token prefill (a first and a second step): what grows.
-    timeout 200 ncu --metrics gpu__time_duration.sum --csv python3 -c "
-import mlx.core as mx
-from engine.demo import ensure_demo
-from engine.generate import PrefillOptions, prefill
-from engine.loading import load_model
-model = load_model(ensure_demo('demo-0.8b'), mx.bfloat16)
-mx.eval(prefill(model, mx.random.randint(0, 1000, (1, 4096)), model.make_cache('chunked'), PrefillOptions('chunked', 64, 2048)))
-" 2>/dev/null | python3 bench/ncu_sum.py 2>/dev/null | head -40 | tee "$out/layers-ncu-4096.txt"
-    # Does freeing MLX's buffer cache between prefill steps (as the engine and mlx-lm do) cost time on CUDA?
-    timeout 100 python3 -c "
-import time, mlx.core as mx
-from engine.demo import ensure_demo
-from engine.generate import PrefillOptions, prefill
-from engine.loading import load_model
-model = load_model(ensure_demo('demo-0.8b'), mx.bfloat16)
-ids = mx.random.randint(0, 1000, (1, 8192))
-clear = mx.clear_cache
-for label in ('clear_cache per step', 'cache kept', 'clear_cache per step'):
-    mx.clear_cache = clear if label.startswith('clear') else (lambda: None)
-    ts = []
-    for _ in range(4):
-        t0 = time.perf_counter()
-        mx.eval(prefill(model, ids, model.make_cache('chunked'), PrefillOptions('chunked', 64, 2048)))
-        ts.append(time.perf_counter() - t0)
-    print(label, 'prefill 8192 / step 2048:', ' '.join(f'{t * 1e3:.1f}' for t in ts[1:]), 'ms')
-" 2>&1 | tee "$out/layers-clear-cache.txt"
+    # Every kernel of a warm-up and a timed 2048-token chunked prefill, GPU time summed per kernel name; then the
+    # same number of 2048-token steps as one 4096-token prefill (a first and a second step): what grows.
+    timeout 220 ncu --metrics gpu__time_duration.sum --csv python3 bench/profile_run.py prefill 2048 --repeat 2 \
+      2>/dev/null | python3 bench/ncu_sum.py 2>/dev/null | head -40 | tee "$out/layers-ncu.txt"
+    timeout 200 ncu --metrics gpu__time_duration.sum --csv python3 bench/profile_run.py prefill 4096 2>/dev/null \
+      | python3 bench/ncu_sum.py 2>/dev/null | head -40 | tee "$out/layers-ncu-4096.txt"
     ;;
   *) echo "unknown part $1" >&2; exit 2 ;;
 esac

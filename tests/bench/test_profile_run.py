@@ -1,0 +1,18 @@
+"""bench/profile_run.py (the work a profiler records) runs both modes on the small demo checkpoint."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+
+@pytest.mark.parametrize("argv", [["prefill", "40", "--repeat", "2", "--step-size", "16"], ["decode", "3"]])
+def test_profile_run_completes(argv):
+    r = subprocess.run([sys.executable, "bench/profile_run.py", *argv, "--model", "demo"], cwd=REPO,
+                       capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert r.returncode == 0, r.stderr[-3000:]
