@@ -35,7 +35,7 @@ import numpy as np
 
 from engine.cache import cache_arrays
 from engine.demo import DEMO_DTYPES, ensure_demo
-from engine.generate import DEFAULT_PREFILL_STEP, PrefillOptions, generate_step, prefill
+from engine.generate import PrefillOptions, default_prefill_step, generate_step, prefill
 from engine.loading import load_model
 from engine.sampling import SamplingParams, make_key, make_sampler
 
@@ -249,7 +249,7 @@ def _first_token(url: str, body: bytes) -> tuple[float, str]:
 def server_ttft(model: str, T: int, runs: int, chunked: bool, step_size: int) -> dict[str, float]:
     """Median client-side time to the first streamed token of a T-token prompt through a real `deltaserve serve`
     (a subprocess on a loopback port, warmed up at start), and the server's own prefill time for the same
-    requests (GET /v1/timings/{id}: `prompt_ms`), in ms."""
+    requests (GET /v1/timings/{id}: `prompt_ms`) and its phase times since the request arrived, in ms."""
     import socket
     import sys
     import urllib.request
@@ -265,7 +265,7 @@ def server_ttft(model: str, T: int, runs: int, chunked: bool, step_size: int) ->
         _wait_ready(url, server)
         body = json.dumps({"model": model, "prompt": prompt(T), "max_tokens": 2, "stream": True,
                            "temperature": 0, "ignore_eos": True}).encode()
-        ttft, prefill_ms = [], []
+        ttft, prefill_ms, phases = [], [], []
         for i in range(runs + 1):  # the first request is not counted
             first, rid = _first_token(url, body)
             with urllib.request.urlopen(f"{url}/v1/timings/{rid}", timeout=30) as r:
@@ -273,7 +273,11 @@ def server_ttft(model: str, T: int, runs: int, chunked: bool, step_size: int) ->
             if i:
                 ttft.append(first * 1e3)
                 prefill_ms.append(record["timings"]["prompt_ms"])
-        return {"ttft_ms": statistics.median(ttft), "server_prefill_ms": statistics.median(prefill_ms)}
+                phases.append(record["phases_ms"])
+        out = {"ttft_ms": statistics.median(ttft), "server_prefill_ms": statistics.median(prefill_ms)}
+        for name in ("admitted", "prefill_start", "first_token"):
+            out[f"server_{name}_ms"] = statistics.median(p[name] for p in phases)
+        return out
     finally:
         server.terminate()
         server.wait(timeout=60)
@@ -287,6 +291,9 @@ def print_server_ttft(args, ours: Result | None) -> None:
     print(f"server, {T}-token prompt, --gdn-chunked: time to first token {s['ttft_ms']:.1f} ms (client side), "
           f"server-recorded prefill {s['server_prefill_ms']:.1f} ms{engine}; TTFT / server prefill "
           f"{s['ttft_ms'] / s['server_prefill_ms']:.2f}")
+    print(f"server phases since the request arrived (ms): admitted {s['server_admitted_ms']:.1f}, prefill start "
+          f"{s['server_prefill_start_ms']:.1f}, first token {s['server_first_token_ms']:.1f}; the rest of the "
+          f"client's TTFT (HTTP both ways, parsing) {s['ttft_ms'] - s['server_first_token_ms']:.1f}")
 
 
 def gates(results: list[Result], reference: str) -> list[str]:
@@ -345,7 +352,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--chunk-size", type=int, default=64)
-    parser.add_argument("--step-size", type=int, default=DEFAULT_PREFILL_STEP)
+    parser.add_argument("--step-size", type=int, default=None, 
+                        help="tokens per prefill step (default: the backend's)")
     parser.add_argument("--decode-context", type=int, default=512)
     parser.add_argument("--decode-tokens", type=int, default=32)
     parser.add_argument("--mlx-lm-max", type=int, default=2048, help="longest prompt given to mlx-lm (slow)")
@@ -353,6 +361,7 @@ def main() -> None:
                         help="also time the first token of a T-token prompt through `deltaserve serve --gdn-chunked`")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
+    args.step_size = args.step_size or default_prefill_step()
     args.contexts = [int(t) for t in args.contexts.split(",")]
     systems = args.systems.split(",")
     path = ensure_demo(args.model) if not Path(args.model).is_dir() else Path(args.model)

@@ -24,7 +24,7 @@ import engine.model as model_module
 from engine.cache import cache_arrays
 from engine.decode import CompiledDecode, decode_step
 from engine.demo import DEMO_DTYPES, ensure_demo
-from engine.generate import DEFAULT_PREFILL_STEP, PrefillOptions, prefill
+from engine.generate import PrefillOptions, default_prefill_step, prefill
 from engine.loading import load_model
 
 
@@ -108,13 +108,15 @@ def main() -> None:
     parser.add_argument("--model", default="demo-0.8b")
     parser.add_argument("--contexts", default="2048,8192")
     parser.add_argument("--method", default="chunked")
-    parser.add_argument("--step-size", type=int, default=DEFAULT_PREFILL_STEP)
+    parser.add_argument("--step-size", type=int, default=None, 
+                        help="tokens per prefill step (default: the backend's)")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--decode-context", type=int, default=512)
     parser.add_argument("--decode-steps", type=int, default=20)
     parser.add_argument("--step-sweep", default="1024,2048,4096,8192",
                         help="prefill step sizes to time on the longest context (empty: skip)")
     args = parser.parse_args()
+    args.step_size = args.step_size or default_prefill_step()
     contexts = [int(t) for t in args.contexts.split(",")]
     model = load_model(ensure_demo(args.model), DEMO_DTYPES.get(args.model, mx.bfloat16))
     opts = PrefillOptions(args.method, 64, args.step_size)

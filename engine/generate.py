@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import mlx.core as mx
 
+from engine.backend import backend_name
 from engine.cache import cache_arrays, set_gdn_path
 from engine.decode import compiled_decode
 from engine.errors import InvalidInputError
@@ -24,6 +25,10 @@ from engine.sampling import (
 from engine.tokenizer import Tokenizer
 
 DEFAULT_PREFILL_STEP = 2048
+# Tokens per prefill step by backend where it differs from the default. CUDA (H200, 8192-token prompt, chunked):
+# 1024 / 2048 / 4096 / 8192-token steps took 145 / 96 / 78 / 78 ms at 3.3 / 5.7 / 9.4 / 14.4 GB peak
+# (docs/BENCHMARKS.md): per-step launch and sync costs dominate small steps there.
+PREFILL_STEP_BY_BACKEND = {"cuda": 4096}
 # Below this many tokens a prefill step takes the serial GDN path even with --gdn-chunked: on a 2-core CPU
 # the chunked core wins from ~8 tokens (C=32) / ~16 (C=64) at the 0.8B head shape (docs/BENCHMARKS.md).
 DEFAULT_MIN_CHUNKED_TOKENS = 16
@@ -33,6 +38,11 @@ SCORE_SLICE = 256  # positions per slice of full-vocab logits when scoring a pro
 StepHook = Callable[[int, int], None]
 
 
+def default_prefill_step(backend: str | None = None) -> int:
+    """Tokens per prefill step when none is asked for: measured per backend, else mlx-lm's 2048."""
+    return PREFILL_STEP_BY_BACKEND.get(backend or backend_name(), DEFAULT_PREFILL_STEP)
+
+
 @dataclass
 class PrefillOptions:
     """How prompts are processed: GDN core path, its chunk size, tokens per prefill step, and the shortest
@@ -40,7 +50,7 @@ class PrefillOptions:
 
     method: str = "serial"
     chunk_size: int = 64
-    step_size: int = DEFAULT_PREFILL_STEP
+    step_size: int = field(default_factory=default_prefill_step)
     min_chunked_tokens: int = DEFAULT_MIN_CHUNKED_TOKENS
 
     def method_for(self, n_tokens: int) -> str:

@@ -32,12 +32,21 @@ def _env_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    from engine.generate import DEFAULT_MIN_CHUNKED_TOKENS, DEFAULT_PREFILL_STEP
+    from engine.generate import DEFAULT_MIN_CHUNKED_TOKENS, DEFAULT_PREFILL_STEP, PREFILL_STEP_BY_BACKEND
 
     p.add_argument("--model", default="demo", help="local directory, Hugging Face repo id, demo or demo-0.8b")
     p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"])
-    p.add_argument("--prefill-step", type=int, default=DEFAULT_PREFILL_STEP, help="tokens per prefill step")
+    by_backend = ", ".join(f"{n} on {b}" for b, n in PREFILL_STEP_BY_BACKEND.items())
+    p.add_argument("--prefill-step", type=_positive_int, default=None,
+                   help=f"tokens per prefill step (default {by_backend}, else {DEFAULT_PREFILL_STEP})")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.add_argument(
         "--gdn-chunked",
@@ -55,12 +64,12 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def _prefill_options(args: argparse.Namespace):
-    from engine.generate import PrefillOptions
+    from engine.generate import PrefillOptions, default_prefill_step
 
     return PrefillOptions(
         method="chunked" if args.gdn_chunked else "serial",
         chunk_size=args.chunk_size,
-        step_size=args.prefill_step,
+        step_size=default_prefill_step() if args.prefill_step is None else args.prefill_step,
         min_chunked_tokens=args.gdn_min_tokens,
     )
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from engine.generate import DEFAULT_MIN_CHUNKED_TOKENS, DEFAULT_PREFILL_STEP, PrefillOptions
+from engine.generate import DEFAULT_MIN_CHUNKED_TOKENS, PrefillOptions, default_prefill_step
 from kernels import CHUNK_SIZES
 
 
@@ -23,7 +23,7 @@ class Settings(BaseSettings):
     gdn_chunked: bool = False
     chunk_size: int = 64
     gdn_min_tokens: int = Field(DEFAULT_MIN_CHUNKED_TOKENS, ge=1)
-    prefill_step: int = Field(DEFAULT_PREFILL_STEP, ge=1)
+    prefill_step: int | None = Field(None, ge=1, description="tokens per prefill step; default: the backend's")
     max_queue: int = Field(64, ge=1, description="requests waiting beyond the running one; more get 503")
     max_tokens_default: int = Field(512, ge=1, description="max_tokens when a request gives none")
     context_length: int | None = Field(None, ge=1, description="prompt + max_tokens limit; default: the model's")
@@ -51,6 +51,6 @@ class Settings(BaseSettings):
         return PrefillOptions(
             method="chunked" if self.gdn_chunked else "serial",
             chunk_size=self.chunk_size,
-            step_size=self.prefill_step,
+            step_size=default_prefill_step() if self.prefill_step is None else self.prefill_step,
             min_chunked_tokens=self.gdn_min_tokens,
         )

@@ -12,7 +12,7 @@ from kernels import gated_delta_prologue, gpu
 from kernels.prologue import conv_split
 from tests.kernels import oracle
 from tests.kernels.inputs import prologue_inputs
-from tests.numerics import assert_close_to_scale
+from tests.numerics import assert_close, assert_close_to_scale
 
 CASES = {
     "base": {},
@@ -43,13 +43,14 @@ def test_prologue_matches_the_oracle(case):
 @pytest.mark.skipif(gpu.gpu_backend() is None, reason="the kernel runs on a Metal or CUDA GPU (here: the ops path)")
 def test_bf16_kernel_prologue_rounds_like_the_ops_path():
     """The model's dtype: conv and SiLU results rounded to bf16 as MLX's ops round them, so prefill (this),
-    decode (the fused step) and the ops path see the same q / k / v; within a bf16 ulp of the ops path (the
-    conv's fp32 sum order may differ), and the conv cache exactly the projections."""
+    decode (the fused step) and the ops path see the same q / k / v; each element within one bf16 ulp of the ops
+    path's (at most 2^-7 of its magnitude: the conv's and the norm's fp32 sum orders may differ, which moves a
+    value at a rounding boundary by one ulp), and the conv cache exactly the projections."""
     ref, (qkv, conv_state, conv_w) = prologue_inputs(B=1, T=40, Hk=2, Hv=2, Dk=128, Dv=128, seed=6,
                                                      dtype=mx.bfloat16)
     got = gated_delta_prologue(qkv, conv_state, conv_w, num_k_heads=2, head_k_dim=128, num_v_heads=2)
     ops = conv_split(qkv, conv_state, conv_w, 2, 2, 128)
     for name, a, b in zip(("q", "k", "v", "conv cache"), got, ops, strict=True):
         a, b = np.array(a.astype(mx.float32)), np.array(b.astype(mx.float32))
-        assert_close_to_scale(name, a, b, rel=2**-8)
+        assert_close(name, a, b, rtol=2**-7, atol=2**-16 * float(np.abs(b).max()))
     np.testing.assert_array_equal(np.array(got[3].astype(mx.float32)), ref[0][:, -3:])

@@ -41,6 +41,11 @@ def test_bad_model_is_one_clear_line(model, message):
     assert "Traceback" not in r.stderr
 
 
+def test_non_positive_prefill_step_is_a_usage_error():
+    r = _cli("generate", "--model", "demo", "--prompt", "hi", "--prefill-step", "0")
+    assert r.returncode == 2 and "--prefill-step: must be at least 1" in r.stderr and "Traceback" not in r.stderr
+
+
 def test_empty_prompt_is_a_clear_error(demo_dir):
     r = _cli("generate", "--model", "demo", "--prompt", "")
     assert r.returncode == 2 and "prompt is empty" in r.stderr and "Traceback" not in r.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
+from engine.generate import DEFAULT_PREFILL_STEP, PREFILL_STEP_BY_BACKEND, default_prefill_step
 from server.schemas import TimingRecord, Timings
 from server.settings import Settings
 from server.streaming import ReasoningSplitter
@@ -51,7 +52,8 @@ def test_timing_store_is_bounded_and_remembers_evictions():
     assert not store.was_evicted("never-seen")
 
 
-@pytest.mark.parametrize("field, value", [("chunk_size", 48), ("port", -1), ("dtype", "int8"), ("max_queue", 0)])
+@pytest.mark.parametrize("field, value", [("chunk_size", 48), ("port", -1), ("dtype", "int8"), ("max_queue", 0),
+                                          ("prefill_step", 0)])
 def test_bad_settings_fail_at_start_up(field, value):
     with pytest.raises(ValidationError):
         Settings(**{field: value})
@@ -60,3 +62,10 @@ def test_bad_settings_fail_at_start_up(field, value):
 def test_settings_defaults_are_safe():
     s = Settings()
     assert s.host == "127.0.0.1" and s.api_key is None and s.prefill_options().method == "serial"
+
+
+def test_prefill_step_defaults_to_the_backends_and_a_given_one_wins():
+    assert default_prefill_step("cuda") == PREFILL_STEP_BY_BACKEND["cuda"]
+    assert default_prefill_step("metal") == default_prefill_step("cpu") == DEFAULT_PREFILL_STEP
+    assert Settings().prefill_options().step_size == default_prefill_step()  # this machine's backend
+    assert Settings(prefill_step=96).prefill_options().step_size == 96
