@@ -246,7 +246,7 @@ def _first_token(url: str, body: bytes) -> tuple[float, str]:
     return first, rid
 
 
-def server_ttft(model: str, T: int, runs: int, chunked: bool, step_size: int) -> dict[str, float]:
+def server_ttft(model: str, T: int, runs: int, chunked: bool, step_size: int, max_tokens: int = 2) -> dict[str, float]:
     """Median client-side time to the first streamed token of a T-token prompt through a real `deltaserve serve`
     (a subprocess on a loopback port, warmed up at start), and the server's own prefill time for the same
     requests (GET /v1/timings/{id}: `prompt_ms`) and its phase times since the request arrived, in ms."""
@@ -263,7 +263,7 @@ def server_ttft(model: str, T: int, runs: int, chunked: bool, step_size: int) ->
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_ready(url, server)
-        body = json.dumps({"model": model, "prompt": prompt(T), "max_tokens": 2, "stream": True,
+        body = json.dumps({"model": model, "prompt": prompt(T), "max_tokens": max_tokens, "stream": True,
                            "temperature": 0, "ignore_eos": True}).encode()
         ttft, prefill_ms, phases = [], [], []
         for i in range(runs + 1):  # the first request is not counted
@@ -285,10 +285,11 @@ def server_ttft(model: str, T: int, runs: int, chunked: bool, step_size: int) ->
 
 def print_server_ttft(args, ours: Result | None) -> None:
     T = args.server_ttft
-    s = server_ttft(args.model, T, args.runs, True, args.step_size)
+    s = server_ttft(args.model, T, args.runs, True, args.step_size, args.server_max_tokens)
     engine = f"; engine prefill in this bench {T / ours.prefill_tps[T] * 1e3:.1f} ms" if (
         ours and T in ours.prefill_tps) else ""
-    print(f"server, {T}-token prompt, --gdn-chunked: time to first token {s['ttft_ms']:.1f} ms (client side), "
+    print(f"server, {T}-token prompt, max_tokens {args.server_max_tokens}, --gdn-chunked: time to first token "
+          f"{s['ttft_ms']:.1f} ms (client side), "
           f"server-recorded prefill {s['server_prefill_ms']:.1f} ms{engine}; TTFT / server prefill "
           f"{s['ttft_ms'] / s['server_prefill_ms']:.2f}")
     print(f"server phases since the request arrived (ms): admitted {s['server_admitted_ms']:.1f}, prefill start "
@@ -352,13 +353,14 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--chunk-size", type=int, default=64)
-    parser.add_argument("--step-size", type=int, default=None, 
+    parser.add_argument("--step-size", type=int, default=None,
                         help="tokens per prefill step (default: the backend's)")
     parser.add_argument("--decode-context", type=int, default=512)
     parser.add_argument("--decode-tokens", type=int, default=32)
     parser.add_argument("--mlx-lm-max", type=int, default=2048, help="longest prompt given to mlx-lm (slow)")
     parser.add_argument("--server-ttft", type=int, default=0, metavar="T",
                         help="also time the first token of a T-token prompt through `deltaserve serve --gdn-chunked`")
+    parser.add_argument("--server-max-tokens", type=int, default=2, help="max_tokens of the TTFT requests")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     args.step_size = args.step_size or default_prefill_step()

@@ -108,7 +108,7 @@ def main() -> None:
     parser.add_argument("--model", default="demo-0.8b")
     parser.add_argument("--contexts", default="2048,8192")
     parser.add_argument("--method", default="chunked")
-    parser.add_argument("--step-size", type=int, default=None, 
+    parser.add_argument("--step-size", type=int, default=None,
                         help="tokens per prefill step (default: the backend's)")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--decode-context", type=int, default=512)

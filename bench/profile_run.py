@@ -24,7 +24,7 @@ def main() -> None:
     parser.add_argument("n", type=int, help="prompt tokens (prefill) or decode steps (decode)")
     parser.add_argument("--repeat", type=int, default=1, help="prefills of n tokens")
     parser.add_argument("--model", default="demo-0.8b")
-    parser.add_argument("--step-size", type=int, default=None, 
+    parser.add_argument("--step-size", type=int, default=None,
                         help="tokens per prefill step (default: the backend's)")
     args = parser.parse_args()
     args.step_size = args.step_size or default_prefill_step()

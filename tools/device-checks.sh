@@ -9,6 +9,8 @@
 #   bash tools/device-checks.sh kernels  # per-layer kernel table, bf16 q / k (the model's) and fp32 q / k
 #   bash tools/device-checks.sh tiles    # the state pass's (TV, NT) tiling against the shipped one
 #   bash tools/device-checks.sh layers   # one prefill step split by layer component, and its kernels under ncu
+#   bash tools/device-checks.sh loop     # a decode token's time: step vs token loop; our e2e rows + server TTFT
+#   bash tools/device-checks.sh tune     # MLX's kernels per CUDA graph (decode, prefill); TTFT by max_tokens
 #   bash tools/device-checks.sh decode   # the compiled decode step's kernels under ncu; one layer's step, fused vs ops
 set -uo pipefail
 . tools/device-env.sh
@@ -17,8 +19,10 @@ mkdir -p "$out"
 case "${1:?part: e2e, gates, kernels or tiles}" in
   e2e)
     timeout 260 python3 bench/e2e_profile.py --contexts 2048,8192 --runs 3 2>&1 | tee "$out/e2e-profile.txt"
-    timeout 300 python3 bench/e2e_gpu.py --runs 3 --decode-tokens 32 --server-ttft 2048 --json "$out/e2e.json" 2>&1 \
+    timeout 300 python3 bench/e2e_gpu.py --runs 3 --decode-tokens 64 --server-ttft 2048 --json "$out/e2e.json" 2>&1 \
       | grep -v -i "warn\|deprecat\|forward_call\|falling back" | tee "$out/e2e-table.txt"
+    timeout 100 python3 bench/e2e_gpu.py --systems ours --contexts 2048 --runs 5 --decode-tokens 2 \
+      --server-ttft 2048 --server-max-tokens 16 2>&1 | grep "^server" | tee -a "$out/e2e-table.txt"
     ;;
   gates)
     timeout 420 python3 -m pytest -q --maxfail=5 -rf tests/kernels/test_decode.py tests/engine/test_cache.py \
@@ -26,6 +30,24 @@ case "${1:?part: e2e, gates, kernels or tiles}" in
       | tail -40 | tee "$out/gates-pytest.txt"
     timeout 150 compute-sanitizer --tool racecheck python3 bench/gdn_sanitize.py 2>&1 | tail -3 \
       | tee "$out/gates-racecheck.txt"
+    ;;
+  loop)
+    timeout 200 python3 bench/decode_loop.py 2>&1 | tee "$out/loop-decode.txt"
+    timeout 300 python3 bench/e2e_gpu.py --systems ours --contexts 2048,8192 --runs 3 --decode-tokens 64 \
+      --server-ttft 2048 2>&1 | grep -v -i "warn\|deprecat" | tee "$out/loop-e2e.txt"
+    ;;
+  tune)
+    # MLX's CUDA backend records up to MLX_MAX_OPS_PER_BUFFER kernels (default 20) per CUDA graph it launches
+    for ops in 20 60 120 250; do
+      echo "== MLX_MAX_OPS_PER_BUFFER=$ops"
+      MLX_MAX_OPS_PER_BUFFER=$ops timeout 100 python3 bench/decode_loop.py --tokens 64 2>&1 | grep "|\|host"
+      MLX_MAX_OPS_PER_BUFFER=$ops timeout 100 python3 bench/e2e_gpu.py --systems ours --contexts 2048,8192 \
+        --decode-tokens 64 2>&1 | grep "| deltaserve"
+    done 2>&1 | tee "$out/tune-ops.txt"
+    for n in 1 2 16; do
+      timeout 100 python3 bench/e2e_gpu.py --systems ours --contexts 2048 --runs 5 --decode-tokens 2 \
+        --server-ttft 2048 --server-max-tokens $n 2>&1 | grep "^server"
+    done 2>&1 | tee "$out/tune-ttft.txt"
     ;;
   decode)
     timeout 300 ncu --metrics gpu__time_duration.sum --csv python3 bench/profile_run.py decode 8 2>/dev/null \
