@@ -88,8 +88,12 @@ def _stream(state: AppState, body: CompletionRequest, run: EngineRun):
         return [chunk(_decode(state, run.prompt), lp)]
 
     def on_token(r) -> list[dict]:
+        # One chunk per generated token, as vLLM sends them, even when its text is still held back (part of a
+        # UTF-8 character, a possible stop string): the client sees each token when it is made, not tokens later.
+        if r.token is None:  # prefill only (max_tokens 0)
+            return []
         lp = completion_logprobs(state, None, None, [r]).model_dump() if body.logprobs is not None else None
-        return [chunk(r.text, lp)] if r.text or lp else []
+        return [chunk(r.text, lp)]
 
     def finish() -> list[dict]:
         last = {**chunk("", finish_reason=run.finish_reason), "timings": run.timings().model_dump()}

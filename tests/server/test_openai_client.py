@@ -67,6 +67,16 @@ def test_streaming_completion_text_equals_non_streamed(server):
     assert streamed == client(server).completions.create(**kw).choices[0].text
 
 
+def test_streaming_completion_sends_a_chunk_per_token_even_before_its_text_is_complete(server):
+    """Token 228 is the byte 0xE4 alone (the start of a 3-byte character): forced three times, the text stays
+    held back until the end, yet each token arrives as its own chunk when it is made (as vLLM streams)."""
+    stream = client(server).completions.create(model="demo", prompt="abc", max_tokens=3, stream=True,
+                                               extra_body={"ignore_eos": True, "logit_bias": {"228": 100}})
+    per_token = [c.choices[0].text for c in stream if c.choices and c.choices[0].finish_reason is None]
+    assert per_token[:2] == ["", ""] and len(per_token) == 3
+    assert per_token[2] == "\ufffd" * 3
+
+
 @pytest.mark.parametrize(
     "call, error",
     [
