@@ -20,8 +20,6 @@ from engine.generate import GenerationResult, PromptScores
 from engine.sampling import SamplingParams
 
 log = logging.getLogger("deltaserve")
-# Longest wait for a job's consumer to say its first token is out before decode work is queued (see Job).
-FIRST_TOKEN_WAIT_S = 0.1
 
 
 class QueueFull(Exception):
@@ -80,11 +78,6 @@ class Job:
     emit: Callable[[Event], None]
     score_top_k: int | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
-    # Set by a consumer once it has sent the first token on; until then (at most FIRST_TOKEN_WAIT_S) the engine
-    # queues no decode work. Building and submitting a decode step holds the GIL for milliseconds at a time inside
-    # MLX, and an event loop sending the token needs the GIL several times: on an H200 that delayed a streamed
-    # first token by 6 ms (max_tokens 2) to 12 ms (max_tokens 16) over the engine's own first-token time.
-    first_token_sent: threading.Event | None = None
 
     @property
     def generates(self) -> bool:
@@ -176,15 +169,12 @@ class EngineWorker:
             t0 = time.perf_counter()
             scores = self.engine.score(job.prompt, job.score_top_k, on_step)
             job.emit(Scores(scores, time.perf_counter() - t0))
-        reason, first = "length", True
+        reason = "length"
         if job.generates:
             for result in self.engine.generate(job.prompt, job.params, on_step):
                 if job.cancel.is_set():
                     raise Cancelled
                 job.emit(Token(result, time.perf_counter()))  # token None: prefill-only (max_tokens 0)
-                if first and job.first_token_sent is not None and result.finish_reason is None:
-                    job.first_token_sent.wait(FIRST_TOKEN_WAIT_S)
-                first = False
                 # Release the GIL at once, so the event loop can send this token before this thread goes on
                 # queueing the next step (Python-heavy where decode is op by op; else up to a 5 ms switch wait).
                 time.sleep(0)

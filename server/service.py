@@ -67,8 +67,7 @@ class EngineRun:
         self.received, self.prompt, self.params = received, prompt, params
         self._events: asyncio.Queue[Event] = asyncio.Queue()
         loop = asyncio.get_running_loop()
-        self.job = Job(prompt, params, lambda ev: loop.call_soon_threadsafe(self._events.put_nowait, ev), score_top_k,
-                       first_token_sent=threading.Event())
+        self.job = Job(prompt, params, lambda ev: loop.call_soon_threadsafe(self._events.put_nowait, ev), score_top_k)
         self.admitted = self.first_token = self.last_token = self.finished = None
         self.last: GenerationResult | None = None
         self.scores: Scores | None = None
@@ -100,13 +99,10 @@ class EngineRun:
                     continue
                 event, pending = pending.result(), None
                 self._note(event)
-                yield event  # resumed once the consumer has handled it: a streamed chunk has been sent
-                if isinstance(event, Token):
-                    self.job.first_token_sent.set()
+                yield event
                 if isinstance(event, Finished | Failed):
                     return
         finally:
-            self.job.first_token_sent.set()  # never keep the engine waiting for a consumer that stopped
             if pending is not None:
                 pending.cancel()
             if self.finished is None:  # the consumer stopped early (disconnect): stop the engine, and

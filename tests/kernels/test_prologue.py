@@ -43,14 +43,16 @@ def test_prologue_matches_the_oracle(case):
 @pytest.mark.skipif(gpu.gpu_backend() is None, reason="the kernel runs on a Metal or CUDA GPU (here: the ops path)")
 def test_bf16_kernel_prologue_rounds_like_the_ops_path():
     """The model's dtype: conv and SiLU results rounded to bf16 as MLX's ops round them, so prefill (this),
-    decode (the fused step) and the ops path see the same q / k / v; each element within one bf16 ulp of the ops
-    path's (at most 2^-7 of its magnitude: the conv's and the norm's fp32 sum orders may differ, which moves a
-    value at a rounding boundary by one ulp), and the conv cache exactly the projections."""
+    decode (the fused step) and the ops path see the same q / k / v, and the conv cache exactly the projections.
+    Two roundings separate them where the fp32 sum orders differ: a conv output one bf16 ulp apart moves its
+    q / k element by one ulp of itself (2^-7 relative) and the l2-norm of the row slightly, and q / k are rounded
+    again (an ulp of the row's largest values, 2^-8 of scale). On an H200: up to 2 ulps on small elements, 1 on
+    the largest. A wrong tap, gate or norm is off by the order of the scale."""
     ref, (qkv, conv_state, conv_w) = prologue_inputs(B=1, T=40, Hk=2, Hv=2, Dk=128, Dv=128, seed=6,
                                                      dtype=mx.bfloat16)
     got = gated_delta_prologue(qkv, conv_state, conv_w, num_k_heads=2, head_k_dim=128, num_v_heads=2)
     ops = conv_split(qkv, conv_state, conv_w, 2, 2, 128)
     for name, a, b in zip(("q", "k", "v", "conv cache"), got, ops, strict=True):
         a, b = np.array(a.astype(mx.float32)), np.array(b.astype(mx.float32))
-        assert_close(name, a, b, rtol=2**-7, atol=2**-16 * float(np.abs(b).max()))
+        assert_close(name, a, b, rtol=2**-7, atol=2**-8 * float(np.abs(b).max()))
     np.testing.assert_array_equal(np.array(got[3].astype(mx.float32)), ref[0][:, -3:])
