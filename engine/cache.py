@@ -70,21 +70,35 @@ class KVCache:
 class FixedKV:
     """A KV cache as a traced decode step sees it: whole buffers written at an array offset and read whole with
     a mask of the filled positions, so the step's shapes stay the same from token to token (one compiled trace
-    serves until the buffers grow)."""
+    serves until the buffers grow). Layers given the same `shared` dict (same offset, same buffer length) build
+    the position masks once per step, not once per layer: decode is bound by the kernels it launches."""
 
-    def __init__(self, keys: mx.array, values: mx.array, offset: mx.array):
+    def __init__(self, keys: mx.array, values: mx.array, offset: mx.array, shared: dict | None = None):
         self.keys, self.values, self.offset = keys, values, offset  # offset: int32 scalar, tokens already held
+        self._shared = {} if shared is None else shared
+
+    def _memo(self, key: tuple, make) -> mx.array:
+        if key not in self._shared:
+            self._shared[key] = make()
+        return self._shared[key]
 
     def update_and_fetch(self, k: mx.array, v: mx.array) -> tuple[mx.array, mx.array]:
-        at = self.offset.reshape(1)
-        self.keys = mx.slice_update(self.keys, k, at, axes=(2,))
-        self.values = mx.slice_update(self.values, v, at, axes=(2,))
+        L = self.keys.shape[2]
+        if k.shape[2] == 1:  # one token: a select writes it (one fused kernel a buffer, where a slice update at
+            # a dynamic offset took three: offset, copy, update)
+            at = self._memo(("at", L), lambda: (mx.arange(L) == self.offset)[:, None])
+            self.keys, self.values = mx.where(at, k, self.keys), mx.where(at, v, self.values)
+        else:
+            at = self.offset.reshape(1)
+            self.keys = mx.slice_update(self.keys, k, at, axes=(2,))
+            self.values = mx.slice_update(self.values, v, at, axes=(2,))
         return self.keys, self.values
 
     def mask(self, n: int) -> mx.array:
         """[1, 1, n, L] bool: query i (at position offset + i) sees keys at positions <= offset + i."""
-        keys = mx.arange(self.keys.shape[2])[None, :]
-        return (keys <= self.offset + mx.arange(n)[:, None])[None, None]
+        L = self.keys.shape[2]
+        return self._memo(("mask", L, n), lambda: (mx.arange(L)[None, :] <= self.offset + mx.arange(n)[:, None])[
+            None, None])
 
     @property
     def arrays(self) -> list[mx.array]:

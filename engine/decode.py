@@ -37,13 +37,13 @@ class CompiledDecode:
 
     def _traced(self, token: mx.array, offset: mx.array, *arrays: mx.array) -> list[mx.array]:
         caches: list[GDNCache | FixedKV] = []
-        it = iter(arrays)
+        it, shared = iter(arrays), {}  # the attention layers share one offset, so one set of position masks
         for layer in self.model.layers:
             if layer.is_linear:
                 c = GDNCache()
                 c.conv_state, c.state = next(it), next(it)
             else:
-                c = FixedKV(next(it), next(it), offset)
+                c = FixedKV(next(it), next(it), offset, shared)
             caches.append(c)
         logits = decode_step(self.model, token, caches)
         return [logits, *cache_arrays(caches)]

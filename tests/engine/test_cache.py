@@ -6,7 +6,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from engine.cache import cache_arrays
+from engine.cache import FixedKV, cache_arrays
 from engine.decode import decode_step
 from engine.generate import PrefillOptions, prefill
 from engine.loading import load_model
@@ -75,3 +75,24 @@ def test_attention_in_query_blocks_matches_transformers(checkpoint, path, monkey
     second = model(mx.array([ids[30:]]), cache)  # 50 queries against 30 cached positions: 16 + 16 + 16 + 2
     actual = np.array(mx.concatenate([first[0], second[0]], axis=0))
     assert_close_to_scale("logits", actual, expected, rel=REL)
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_fixed_kv_writes_at_its_offset_and_masks_what_is_filled(n):
+    """FixedKV (the compiled decode's view of a KV cache) against plain NumPy indexing: the n new rows land at
+    the offset and nothing else changes; the mask lets query i see positions <= offset + i. Layers sharing a
+    memo get the same mask."""
+    rng = np.random.default_rng(n)
+    keys, values = rng.standard_normal((2, 1, 2, 12, 4)).astype(np.float32)
+    k, v = rng.standard_normal((2, 1, 2, n, 4)).astype(np.float32)
+    shared: dict = {}
+    a = FixedKV(mx.array(keys), mx.array(values), mx.array(5, dtype=mx.int32), shared)
+    got_k, got_v = a.update_and_fetch(mx.array(k), mx.array(v))
+    want_k, want_v = keys.copy(), values.copy()
+    want_k[:, :, 5 : 5 + n], want_v[:, :, 5 : 5 + n] = k, v
+    np.testing.assert_array_equal(np.array(got_k), want_k)
+    np.testing.assert_array_equal(np.array(got_v), want_v)
+    want_mask = np.arange(12)[None, :] <= 5 + np.arange(n)[:, None]
+    np.testing.assert_array_equal(np.array(a.mask(n))[0, 0], want_mask)
+    b = FixedKV(mx.array(keys), mx.array(values), a.offset, shared)
+    assert b.mask(n) is a.mask(n)
