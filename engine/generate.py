@@ -138,7 +138,7 @@ def generate_step(
     options: PrefillOptions | None = None,
     on_step: StepHook | None = None,
 ) -> Iterator[tuple[int, mx.array]]:
-    """Yield (token, log-probabilities [V]) up to `max_tokens` times.
+    """Yield (token, log-probabilities [V], lazy: evaluated when read) up to `max_tokens` times.
 
     The first token is evaluated and handed out before any decode work is queued, so the caller's clock (and a
     client's time to first token) measures prefill alone: queueing a decode step costs milliseconds of host
@@ -158,8 +158,10 @@ def generate_step(
 
     if max_tokens <= 0:
         return
+    # Only the token is evaluated: the log-probabilities stay lazy (a reduction over the vocabulary a token,
+    # launched only for a caller that reads them, e.g. a request with logprobs).
     y, lp = sample(prefill(model, mx.array([prompt]), cache, options, on_step))
-    mx.eval(y, lp)
+    mx.eval(y)
     yield int(y.item()), lp
 
     step = compiled_decode(model)
@@ -168,7 +170,7 @@ def generate_step(
         if logits_processors:
             history.append(int(y.item()))
         nxt = sample(step(y, cache))
-        mx.async_eval(*nxt)
+        mx.async_eval(nxt[0])
         return nxt
 
     nxt = queue(y) if max_tokens > 1 else None
