@@ -44,14 +44,15 @@ def opens_reasoning(state: AppState, prompt: list[int]) -> bool:
 
 
 async def completion_prompts(state: AppState, prompt: str | list) -> list[list[int]]:
-    """The four OpenAI prompt forms -> one token-id list per prompt."""
+    """The four OpenAI prompt forms -> one token-id list per prompt. The schema has already made a list
+    homogeneous (one of list[str], list[int], list[list[int]]), so its first element tells the form."""
     if isinstance(prompt, str):
         prompts = [await encode(state, prompt)]
-    elif prompt and all(isinstance(p, int) for p in prompt):
+    elif prompt and isinstance(prompt[0], int):
         prompts = [list(prompt)]
-    elif prompt and all(isinstance(p, str) for p in prompt):
+    elif prompt and isinstance(prompt[0], str):
         prompts = [await encode(state, p) for p in prompt]
-    elif prompt and all(isinstance(p, list) for p in prompt):
+    elif prompt and isinstance(prompt[0], list):
         prompts = [list(p) for p in prompt]
     else:
         raise invalid("prompt must be a non-empty string, list of strings, list of token ids, or list of those",
@@ -64,6 +65,8 @@ async def completion_prompts(state: AppState, prompt: str | list) -> list[list[i
 def check_ids(state: AppState, ids: list[int]) -> None:
     if not ids:
         raise invalid("The prompt is empty: give at least one token.", param="prompt")
+    if min(ids) >= 0 and max(ids) < state.vocab_size:  # at C speed: a long prompt is on the time to first token
+        return
     bad = next((i for i, t in enumerate(ids) if not 0 <= t < state.vocab_size), None)
     if bad is not None:
         raise invalid(f"Token id {ids[bad]} at prompt position {bad} is outside the vocabulary "
