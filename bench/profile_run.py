@@ -14,7 +14,7 @@ import mlx.core as mx
 
 from engine.decode import CompiledDecode
 from engine.demo import DEMO_DTYPES, ensure_demo
-from engine.generate import PrefillOptions, default_prefill_step, prefill
+from engine.generate import PrefillOptions, prefill
 from engine.loading import load_model
 
 
@@ -27,7 +27,6 @@ def main() -> None:
     parser.add_argument("--step-size", type=int, default=None,
                         help="tokens per prefill step (default: the backend's)")
     args = parser.parse_args()
-    args.step_size = args.step_size or default_prefill_step()
     model = load_model(ensure_demo(args.model), DEMO_DTYPES.get(args.model, mx.bfloat16))
     opts = PrefillOptions("chunked", 64, args.step_size)
     if args.what == "prefill":

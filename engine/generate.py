@@ -50,8 +50,12 @@ class PrefillOptions:
 
     method: str = "serial"
     chunk_size: int = 64
-    step_size: int = field(default_factory=default_prefill_step)
+    step_size: int | None = None  # None: the backend's (`default_prefill_step`)
     min_chunked_tokens: int = DEFAULT_MIN_CHUNKED_TOKENS
+
+    def __post_init__(self) -> None:
+        if self.step_size is None:
+            self.step_size = default_prefill_step()
 
     def method_for(self, n_tokens: int) -> str:
         """The GDN path one prefill step of `n_tokens` takes."""

@@ -64,12 +64,12 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def _prefill_options(args: argparse.Namespace):
-    from engine.generate import PrefillOptions, default_prefill_step
+    from engine.generate import PrefillOptions
 
     return PrefillOptions(
         method="chunked" if args.gdn_chunked else "serial",
         chunk_size=args.chunk_size,
-        step_size=default_prefill_step() if args.prefill_step is None else args.prefill_step,
+        step_size=args.prefill_step,
         min_chunked_tokens=args.gdn_min_tokens,
     )
 

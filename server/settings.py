@@ -8,7 +8,7 @@ from __future__ import annotations
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from engine.generate import DEFAULT_MIN_CHUNKED_TOKENS, PrefillOptions, default_prefill_step
+from engine.generate import DEFAULT_MIN_CHUNKED_TOKENS, PrefillOptions
 from kernels import CHUNK_SIZES
 
 
@@ -51,6 +51,6 @@ class Settings(BaseSettings):
         return PrefillOptions(
             method="chunked" if self.gdn_chunked else "serial",
             chunk_size=self.chunk_size,
-            step_size=default_prefill_step() if self.prefill_step is None else self.prefill_step,
+            step_size=self.prefill_step,
             min_chunked_tokens=self.gdn_min_tokens,
         )
