@@ -44,7 +44,7 @@ def _no_attention_core(q, k, v, scale, mask=None):
 
 def _no_prologue(qkv, conv_state, conv_w, *, num_k_heads, head_k_dim, num_v_heads):
     B, T, CD = qkv.shape
-    qk = mx.zeros((B, T, num_k_heads, head_k_dim), mx.float32)
+    qk = mx.zeros((B, T, num_k_heads, head_k_dim), qkv.dtype)  # the prologue's outputs are in qkv's dtype
     v = qkv[..., 2 * num_k_heads * head_k_dim :].reshape(B, T, num_v_heads, -1)
     return qk, qk, v, qkv[:, -(conv_w.shape[1] - 1) :]
 

@@ -10,7 +10,7 @@
 #   bash tools/device-checks.sh tiles    # the state pass's (TV, NT) tiling against the shipped one
 #   bash tools/device-checks.sh layers   # one prefill step split by layer component, and its kernels under ncu
 #   bash tools/device-checks.sh loop     # a decode token's time: step vs token loop; our e2e rows + server TTFT
-#   bash tools/device-checks.sh tune     # MLX's kernels per CUDA graph (decode, prefill); TTFT by max_tokens
+#   bash tools/device-checks.sh tune     # MLX's kernels per CUDA graph: decode and prefill
 #   bash tools/device-checks.sh decode   # the compiled decode step's kernels under ncu; one layer's step, fused vs ops
 set -uo pipefail
 . tools/device-env.sh
@@ -21,8 +21,6 @@ case "${1:?part: e2e, gates, kernels or tiles}" in
     timeout 260 python3 bench/e2e_profile.py --contexts 2048,8192 --runs 3 2>&1 | tee "$out/e2e-profile.txt"
     timeout 300 python3 bench/e2e_gpu.py --runs 3 --decode-tokens 64 --server-ttft 2048 --json "$out/e2e.json" 2>&1 \
       | grep -v -i "warn\|deprecat\|forward_call\|falling back" | tee "$out/e2e-table.txt"
-    timeout 100 python3 bench/e2e_gpu.py --systems ours --contexts 2048 --runs 5 --decode-tokens 2 \
-      --server-ttft 2048 --server-max-tokens 16 2>&1 | grep "^server" | tee -a "$out/e2e-table.txt"
     ;;
   gates)
     timeout 420 python3 -m pytest -q --maxfail=5 -rf tests/kernels/test_decode.py tests/engine/test_cache.py \
@@ -44,10 +42,6 @@ case "${1:?part: e2e, gates, kernels or tiles}" in
       MLX_MAX_OPS_PER_BUFFER=$ops timeout 100 python3 bench/e2e_gpu.py --systems ours --contexts 2048,8192 \
         --decode-tokens 64 2>&1 | grep "| deltaserve"
     done 2>&1 | tee "$out/tune-ops.txt"
-    for n in 1 2 16; do
-      timeout 100 python3 bench/e2e_gpu.py --systems ours --contexts 2048 --runs 5 --decode-tokens 2 \
-        --server-ttft 2048 --server-max-tokens $n 2>&1 | grep "^server"
-    done 2>&1 | tee "$out/tune-ttft.txt"
     ;;
   ttft)
     # TTFT through the server by max_tokens (the first streamed chunk must not wait for later tokens)
