@@ -53,6 +53,22 @@ __device__ inline void ds_split_tf32(float x, unsigned& hi, unsigned& lo) {
   asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(lo) : "f"(x - __uint_as_float(hi)));
 }
 
+// x rounded to TF32 (round to nearest, ties away: cvt.rna) when R, else x. Operands stored rounded where they
+// are made are passed to ds_mma_block as exact (no conversion per use): the same products, fewer instructions.
+template <bool R>
+__device__ inline float ds_tf32_if(float x) {
+  if (!R) return x;
+  unsigned u;
+  asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(u) : "f"(x));
+  return __uint_as_float(u);
+}
+
+// 16 bytes from p to q, both 16-byte aligned (one vector load and one vector store).
+template <typename D, typename S>
+__device__ inline void ds_copy16(D* q, const S* p) {
+  *reinterpret_cast<uint4*>(q) = *reinterpret_cast<const uint4*>(p);
+}
+
 __device__ inline void ds_mma_tf32(float* c, const unsigned* a, const unsigned* b) {
   asm volatile(
       "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"

@@ -68,6 +68,19 @@ inline void ds_mma_block(Acc acc, PA a, int am, int ak, PB b, int bk, int bn, in
   }
 }
 
+// x rounded to TF32 (round to nearest, ties away from zero, as CUDA's cvt.rna) when R, else x. (The bodies
+// set R only on CUDA; the Metal form rounds the same way should it be set.)
+template <bool R>
+inline float ds_tf32_if(float x) {
+  return R ? as_type<float>((as_type<uint>(x) + 0x1000u) & 0xffffe000u) : x;
+}
+
+// 16 bytes from p to q, both 16-byte aligned.
+template <typename D, typename S>
+inline void ds_copy16(D q, S p) {
+  for (int i = 0; i < 16 / (int)sizeof(p[0]); ++i) q[i] = p[i];
+}
+
 // The CUDA helpers' asynchronous 16-byte copy, done synchronously here (Metal has no cp.async): the data is
 // in threadgroup memory when the call returns; the barrier the body places after ds_async_wait_all publishes
 // it. valid = false writes zeros and reads nothing.
