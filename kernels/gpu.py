@@ -169,6 +169,8 @@ class ChunkPlan:
 
     def prep(self, q, k, v, g, beta):
         C, N, BH, Dk, Dv = self.C, self.N, self.BH, self.Dk, self.Dv
+        if q.dtype != k.dtype:  # the body stages q and k slices as stored, in one element type: widen (exact)
+            q, k = q.astype(mx.float32), k.astype(mx.float32)
         return self._call(
             "chunk_prep", [q, k, v, g.astype(mx.float32), beta.astype(mx.float32)],
             [(BH, N, C, Dk), (BH, N, C, Dv), (BH, N, C, C), (BH, N, C)], [mx.float32] * 4,
