@@ -19,11 +19,13 @@ import mlx.nn as nn
 
 from engine.cache import FixedKV, GDNCache, KVCache
 from kernels import gated_delta, gated_delta_decode, gated_delta_prologue
+from kernels.attention import causal_attention
 from kernels.prologue import decay_and_beta
 
 SUPPORTED_MODEL_TYPES = ("qwen3_5_text", "qwen3_5")
-# Queries per attention call in a long prefill step: MLX has no fused attention at head_dim 256 on CUDA, so its
-# fallback holds a [heads, queries, keys] score matrix; blocks bound it at QUERY_BLOCK x context whatever the step.
+# Queries per MLX attention call in a long prefill step (where the fused kernel of kernels/attention.py does not
+# run): MLX's unfused fallback holds a [heads, queries, keys] score matrix; blocks bound it at QUERY_BLOCK x
+# context whatever the step.
 QUERY_BLOCK = 2048
 LAYER_TYPES = ("linear_attention", "full_attention")
 # (1 + w) norms: stored zero-centred in raw HF checkpoints, shifted once at load.
@@ -237,11 +239,15 @@ class Attention(FusedProjections):
         q, k = self.rope(q, offset=cache.offset), self.rope(k, offset=cache.offset)
         k, v = cache.update_and_fetch(k, v)
         mask = cache.mask(T)
-        if isinstance(mask, str) and T > QUERY_BLOCK:
-            o = self._blocked_attention(q, k, v, mask)
-        else:
-            o = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask=mask)
-        o = o.transpose(0, 2, 1, 3).reshape(B, T, -1)
+        # Causal prefill on NVIDIA GPUs: the fused kernel (out [B, T, H, D]); elsewhere MLX's attention.
+        o = causal_attention(q, k, v, self.scale) if isinstance(mask, str) else None
+        if o is None:
+            if isinstance(mask, str) and T > QUERY_BLOCK:
+                o = self._blocked_attention(q, k, v, mask)
+            else:
+                o = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask=mask)
+            o = o.transpose(0, 2, 1, 3)
+        o = o.reshape(B, T, -1)
         return self.o_proj(_sigmoid_gate(o, gate.reshape(B, T, -1)))
 
     def _blocked_attention(self, q: mx.array, k: mx.array, v: mx.array, mask: str) -> mx.array:

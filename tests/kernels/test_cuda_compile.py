@@ -122,3 +122,19 @@ def test_state_pass_staging_plan_matches_the_compiled_shared_memory(dk, backend,
     fits = smem <= gpu.SMEM_BYTES[backend]
     q, v = mx.zeros((1, 1, 1, dk)), mx.zeros((1, 1, 1, 128))
     assert (gpu.unsupported(q, v, 64, backend) is None) == fits
+
+
+@pytest.mark.parametrize("dtype,D", [("bfloat16", 256), ("float16", 128), ("bfloat16", 64)])
+def test_attention_kernel_compiles_without_spills(dtype, D, tmp_path):
+    """The fused attention kernel (CUDA only) as MLX would wrap it: compiles for sm_90, and its O tile (D / 2
+    floats a thread at D = 256) stays in registers (a spill would put it in local memory every key tile)."""
+    t = CUDA_TYPES[dtype]
+    params = (f"const {t}* q, const __grid_constant__ Shape q_shape, const {t}* k, "
+              f"const __grid_constant__ Shape k_shape, const {t}* v, {t}* out")
+    consts = f"using DT = {t};\nconstexpr int D = {D};\nconstexpr int HQ = 8;\nconstexpr int HKV = 2;\n"
+    text = (STUB + gpu.read_source("attention_cuda.h") + "namespace mlx::core::cu {\n"
+            + f"__global__ void custom_kernel_attn({params}) {{\n{consts}" + gpu.read_source("attention_cuda.body")
+            + "\n}\n}\n")
+    r = nvcc(tmp_path, text, "-Xptxas", "-v")
+    assert r.returncode == 0, r.stderr[-4000:]
+    assert "0 bytes spill stores" in r.stderr, r.stderr[-2000:]

@@ -1,0 +1,82 @@
+"""Fused causal attention for prefill on NVIDIA GPUs (kernels/src/attention_cuda.body).
+
+MLX has no fused attention at head_dim 256 on CUDA (its cuDNN path stops at 128), so its fallback writes and
+reads a [heads, queries, keys] score matrix per call: at 8192 tokens that was ~3.5 ms of each attention layer's
+prefill on an H200. This kernel keeps scores on chip (FlashAttention-2's online softmax). It serves causal
+prefill only (decode's one query stays on MLX's path) and returns None wherever it does not apply, so the
+caller falls back to `mx.fast.scaled_dot_product_attention`. DELTASERVE_ATTENTION=mlx switches it off.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from importlib import resources
+
+import mlx.core as mx
+
+ENV = "DELTASERVE_ATTENTION"  # "mlx": always MLX's own attention (for comparison)
+TILE = 64  # queries (and keys) per tile; 4 warps of 16 query rows
+THREADS = 128
+# Shared memory one block may opt into, by compute capability (KB; CUDA programming guide), for sm_80+ cards
+# (ldmatrix, cp.async and bf16 tensor cores).
+OPT_IN_SMEM_KB = {(8, 0): 163, (8, 6): 99, (8, 7): 163, (8, 9): 99, (9, 0): 227, (10, 0): 227, (12, 0): 99}
+
+
+def shared_bytes(head_dim: int, itemsize: int = 2) -> int:
+    """Dynamic shared memory of one block: the Q, K and V tiles, rows padded by 8 elements."""
+    return 3 * TILE * (head_dim + 8) * itemsize
+
+
+@functools.cache
+def _opt_in_bytes() -> int:
+    """Shared memory a block may use on this CUDA device (0 where unknown or older than sm_80)."""
+    info = mx.device_info() if hasattr(mx, "device_info") else {}
+    cc = (info.get("compute_capability_major"), info.get("compute_capability_minor"))
+    if None in cc or cc < (8, 0):
+        return 0
+    return (OPT_IN_SMEM_KB.get(cc, 99) - 1) * 1024  # 1 KB per block is the driver's
+
+
+def unsupported(q: mx.array, k: mx.array, v: mx.array, scale: float) -> str | None:
+    """Why the kernel cannot take this call (the caller uses MLX's attention), or None."""
+    if os.environ.get(ENV, "").strip().lower() == "mlx":
+        return f"{ENV}=mlx"
+    if mx.default_device() != mx.gpu or not mx.cuda.is_available():
+        return "not an NVIDIA GPU"
+    if q.dtype not in (mx.bfloat16, mx.float16) or k.dtype != q.dtype or v.dtype != q.dtype:
+        return f"dtype {q.dtype} (the kernel takes bf16 / fp16)"
+    D = q.shape[-1]
+    if D % 16 or D > 256 or k.shape[-1] != D or v.shape[-1] != D:
+        return f"head dims q {D} / k {k.shape[-1]} / v {v.shape[-1]} (equal, a multiple of 16, at most 256)"
+    if q.shape[1] % k.shape[1] or k.shape[1] != v.shape[1]:
+        return f"{q.shape[1]} query heads over {k.shape[1]} key / value heads"
+    if abs(scale * D**0.5 - 1) > 1e-6:
+        return f"scale {scale} (the kernel uses head_dim^-1/2)"
+    if k.shape[2] < q.shape[2]:
+        return "fewer keys than queries"
+    if shared_bytes(D) > _opt_in_bytes():
+        return f"{shared_bytes(D)} bytes of shared memory a block (this card allows {_opt_in_bytes()})"
+    return None
+
+
+@functools.cache
+def _kernel(shared: int):
+    src = resources.files("kernels.src")
+    return mx.fast.cuda_kernel(
+        name="deltaserve_causal_attention", input_names=["q", "k", "v"], output_names=["out"],
+        source=src.joinpath("attention_cuda.body").read_text(), header=src.joinpath("attention_cuda.h").read_text(),
+        shared_memory=shared)
+
+
+def causal_attention(q: mx.array, k: mx.array, v: mx.array, scale: float) -> mx.array | None:
+    """softmax(q k^T * scale, causal) v for q [B, Hq, T, D] against k, v [B, Hkv, L, D] (the T queries are
+    the cache's last positions), as out [B, T, Hq, D]; None where `unsupported`."""
+    if unsupported(q, k, v, scale) is not None:
+        return None
+    B, Hq, T, D = q.shape
+    (out,) = _kernel(shared_bytes(D))(
+        inputs=[q, k, v], output_shapes=[(B, T, Hq, D)], output_dtypes=[q.dtype],
+        grid=(-(-T // TILE) * THREADS, Hq, B), threadgroup=(THREADS, 1, 1),
+        template=[("DT", q.dtype), ("D", D), ("HQ", Hq), ("HKV", k.shape[1])])
+    return out

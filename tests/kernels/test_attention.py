@@ -1,0 +1,94 @@
+"""The fused causal attention kernel (kernels/attention.py): against a float64 NumPy oracle and MLX's own attention
+on an NVIDIA GPU; its fallback rule everywhere (on the CPU it never runs)."""
+
+from __future__ import annotations
+
+import os
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from kernels import attention
+from tests.numerics import assert_close_to_scale
+
+ON_CUDA = mx.default_device() == mx.gpu and mx.cuda.is_available()
+gpu_only = pytest.mark.skipif(not ON_CUDA, reason="the kernel runs on NVIDIA GPUs")
+
+
+def oracle(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """float64 causal attention, queries at the last T of L positions; out [B, T, Hq, D]."""
+    B, Hq, T, D = q.shape
+    L, rep = k.shape[2], Hq // k.shape[1]
+    k, v = np.repeat(k, rep, axis=1), np.repeat(v, rep, axis=1)
+    s = np.einsum("bhtd,bhld->bhtl", q, k) / np.sqrt(D)
+    visible = np.arange(L)[None, :] <= (L - T + np.arange(T))[:, None]
+    s = np.where(visible, s, -np.inf)
+    p = np.exp(s - s.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    return np.einsum("bhtl,bhld->bthd", p, v)
+
+
+def inputs(B, Hq, Hkv, T, L, D, dtype, seed):
+    rng = np.random.default_rng(seed)
+    # q k^T / sqrt(D) of order a few: peaked and flat rows both occur
+    q = rng.normal(size=(B, Hq, T, D)) * 1.5
+    k = rng.normal(size=(B, Hkv, L, D))
+    v = rng.normal(size=(B, Hkv, L, D))
+    as_mx = [mx.array(x.astype(np.float32)).astype(dtype) for x in (q, k, v)]
+    exact = [np.array(x.astype(mx.float32)).astype(np.float64) for x in as_mx]  # the rounded inputs
+    return as_mx, exact
+
+
+@gpu_only
+@pytest.mark.parametrize("dtype", [mx.bfloat16, mx.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("shape", [
+    dict(T=1, L=1), dict(T=2, L=2), dict(T=63, L=63), dict(T=64, L=64), dict(T=65, L=65), dict(T=300, L=300),
+    dict(T=100, L=357),  # a later prefill step: the queries are the last 100 of 357 positions
+    dict(T=64, L=4096),
+], ids=lambda s: f"T{s['T']}-L{s['L']}")
+@pytest.mark.parametrize("dims", [dict(Hq=8, Hkv=2, D=256), dict(Hq=4, Hkv=4, D=128), dict(Hq=6, Hkv=3, D=64)],
+                         ids=lambda d: f"{d['Hq']}x{d['Hkv']}x{d['D']}")
+def test_matches_float64_oracle(shape, dims, dtype):
+    seed = int.from_bytes(os.urandom(4), "little")
+    (q, k, v), exact = inputs(B=2, **dims, **shape, dtype=dtype, seed=seed)
+    out = attention.causal_attention(q, k, v, dims["D"] ** -0.5)
+    assert out is not None
+    ref = oracle(*exact)
+    # P is rounded to the input dtype for P V, as MLX's own path rounds its softmax output: error ~ 2^-8 (bf16)
+    rel = 2e-2 if dtype == mx.bfloat16 else 3e-3
+    assert_close_to_scale(f"out (seed {seed})", np.array(out.astype(mx.float32)), ref, rel=rel)
+    mlx_out = mx.fast.scaled_dot_product_attention(q, k, v, scale=dims["D"] ** -0.5,
+                                                   mask="causal" if shape["T"] > 1 else None)
+    assert_close_to_scale("vs MLX", np.array(out.astype(mx.float32)),
+                          np.array(mlx_out.transpose(0, 2, 1, 3).astype(mx.float32)), rel=rel)
+
+
+@gpu_only
+def test_is_deterministic():
+    (q, k, v), _ = inputs(B=1, Hq=8, Hkv=2, T=200, L=200, D=256, dtype=mx.bfloat16, seed=1)
+    first = np.array(attention.causal_attention(q, k, v, 256**-0.5).astype(mx.float32))
+    for _ in range(5):
+        again = np.array(attention.causal_attention(q, k, v, 256**-0.5).astype(mx.float32))
+        assert np.array_equal(first, again)
+
+
+def test_falls_back_where_it_does_not_apply(monkeypatch):
+    def reason(**kw):
+        shapes = dict(q=(1, 8, 4, 256), k=(1, 2, 4, 256), v=(1, 2, 4, 256)) | kw.pop("shapes", {})
+        dtype = kw.pop("dtype", mx.bfloat16)
+        arrays = [mx.zeros(s, dtype=dtype) for s in shapes.values()]
+        return attention.unsupported(*arrays, kw.pop("scale", 256**-0.5))
+
+    monkeypatch.setenv(attention.ENV, "mlx")
+    assert "DELTASERVE_ATTENTION" in reason()
+    monkeypatch.delenv(attention.ENV)
+    if not ON_CUDA:
+        assert "NVIDIA" in reason()
+        return
+    assert reason() is None
+    assert "dtype" in reason(dtype=mx.float32)
+    assert "scale" in reason(scale=1.0)
+    assert "head dims" in reason(shapes=dict(q=(1, 8, 4, 72), k=(1, 2, 4, 72), v=(1, 2, 4, 72)))
+    assert "heads" in reason(shapes=dict(q=(1, 3, 4, 256)))
+    assert "fewer keys" in reason(shapes=dict(q=(1, 8, 9, 256)))
