@@ -42,6 +42,10 @@ def _no_attention_core(q, k, v, scale, mask=None):
     return q  # [B, H, T, D], the output's shape
 
 
+def _no_fused_attention(q, k, v, scale):
+    return q.transpose(0, 2, 1, 3)  # [B, T, H, D], the fused kernel's output shape
+
+
 def _no_prologue(qkv, conv_state, conv_w, *, num_k_heads, head_k_dim, num_v_heads):
     B, T, CD = qkv.shape
     qk = mx.zeros((B, T, num_k_heads, head_k_dim), qkv.dtype)  # the prologue's outputs are in qkv's dtype
@@ -56,7 +60,8 @@ def without(component: str) -> Iterator[None]:
     prologue (conv, SiLU, split, q / k norms) is fused into the decode step's kernel, so that row is prefill's."""
     targets = {
         "GDN core": [(model_module, "gated_delta", _no_gdn_core), (model_module, "gated_delta_decode", _no_gdn_decode)],
-        "attention core": [(model_module.mx.fast, "scaled_dot_product_attention", _no_attention_core)],
+        "attention core": [(model_module.mx.fast, "scaled_dot_product_attention", _no_attention_core),
+                           (model_module, "causal_attention", _no_fused_attention)],
         "GDN prologue": [(model_module, "gated_delta_prologue", _no_prologue)],
     }
     saved = [(owner, name, getattr(owner, name)) for owner, name, _ in targets.get(component, [])]
