@@ -6,7 +6,8 @@
 #   bash tools/device-checks.sh gates    # GPU tests (fused decode, fp32 / TF32 / whole-model gates) + racecheck
 #   bash tools/device-checks.sh model    # model-level GPU gates (prologue, decode kernel, compiled decode, fused
 #                                        # projections, caches, parity, chunked model)
-#   bash tools/device-checks.sh kernels  # per-layer kernel table, bf16 q / k (the model's) and fp32 q / k
+#   bash tools/device-checks.sh kernels  # per-layer kernel table, bf16 q / k (the model's) and fp32 q / k; the
+#                                        # fused attention against MLX's path
 #   bash tools/device-checks.sh tiles    # the state pass's (TV, NT) tiling against the shipped one
 #   bash tools/device-checks.sh layers   # one prefill step split by layer component, and its kernels under ncu
 #   bash tools/device-checks.sh loop     # a decode token's time: step vs token loop; our e2e rows + server TTFT
@@ -24,10 +25,12 @@ case "${1:?part: e2e, gates, kernels or tiles}" in
     ;;
   gates)
     timeout 420 python3 -m pytest -q --maxfail=5 -rf tests/kernels/test_decode.py tests/engine/test_cache.py \
-      tests/kernels/test_gpu_kernels.py tests/kernels/test_chunked.py tests/engine/test_chunked_model.py 2>&1 \
+      tests/kernels/test_attention.py tests/kernels/test_gpu_kernels.py tests/kernels/test_chunked.py tests/engine/test_chunked_model.py 2>&1 \
       | tail -40 | tee "$out/gates-pytest.txt"
     timeout 150 compute-sanitizer --tool racecheck python3 bench/gdn_sanitize.py 2>&1 | tail -3 \
       | tee "$out/gates-racecheck.txt"
+    timeout 100 compute-sanitizer --tool racecheck python3 bench/attention.py --contexts 130 --runs 1 2>&1 \
+      | tail -2 | tee -a "$out/gates-racecheck.txt"
     ;;
   loop)
     timeout 200 python3 bench/decode_loop.py 2>&1 | tee "$out/loop-decode.txt"
@@ -71,6 +74,8 @@ case "${1:?part: e2e, gates, kernels or tiles}" in
       | tee "$out/kernels-bf16.txt"
     timeout 280 python3 bench/gpu_kernels.py --contexts 4096,16384 --runs 5 --qk-dtype float32 2>&1 \
       | grep -v -i warn | tee "$out/kernels-fp32qk.txt"
+    timeout 120 python3 bench/attention.py --contexts 512,2048,8192,16384 2>&1 | grep -v -i warn \
+      | tee "$out/kernels-attention.txt"
     ;;
   tiles)
     timeout 280 python3 bench/gpu_state_tiles.py 2>&1 | tee "$out/tiles.txt"
