@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import mlx.core as mx
+
 from engine import backend
 from engine.demo import DEMO_MODELS
 from engine.generate import (
@@ -26,7 +28,7 @@ from engine.loading import load_model, resolve_model_path
 from engine.model import Model
 from engine.sampling import SamplingParams
 from engine.tokenizer import Tokenizer
-from kernels import implementation
+from kernels import attention, implementation
 
 log = logging.getLogger("deltaserve")
 
@@ -82,6 +84,9 @@ class Engine:
             )
             + f", prefill step {i.prefill.step_size} tokens, backend {i.backend}, GDN core on {implementation()}",
         ]
+        a = self.model.args
+        lines.append("prefill attention: " + attention.describe(getattr(mx, i.dtype), a.num_attention_heads,
+                                                                a.num_key_value_heads, a.head_dim))
         if i.is_demo:
             lines.append("this is a demo model with RANDOM weights: its text is meaningless")
         return lines

@@ -60,6 +60,14 @@ def unsupported(q: mx.array, k: mx.array, v: mx.array, scale: float) -> str | No
     return None
 
 
+def describe(dtype: mx.Dtype, n_heads: int, n_kv_heads: int, head_dim: int) -> str:
+    """Which attention a causal prefill of this model runs here, for the start-up log."""
+    q = mx.zeros((1, n_heads, 2, head_dim), dtype=dtype)
+    kv = mx.zeros((1, n_kv_heads, 2, head_dim), dtype=dtype)
+    why = unsupported(q, kv, kv, head_dim**-0.5)
+    return "fused CUDA kernel" if why is None else f"MLX's ({why})"
+
+
 @functools.cache
 def _kernel(shared: int):
     src = resources.files("kernels.src")

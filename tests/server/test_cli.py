@@ -24,6 +24,9 @@ def test_generate_prints_text_timing_and_startup_facts(demo_dir):
     assert "prompt: " in r.stderr and "tok/s" in r.stderr and "finish: " in r.stderr
     assert "backend: cpu" in r.stderr or "backend: cuda" in r.stderr or "backend: metal" in r.stderr
     assert "RANDOM weights" in r.stderr and "GDN prefill path: serial" in r.stderr
+    assert "prefill attention: fused CUDA kernel" in r.stderr or "prefill attention: MLX's (" in r.stderr
+    if "backend: cuda" not in r.stderr:
+        assert "prefill attention: MLX's (not an NVIDIA GPU)" in r.stderr
 
 
 @pytest.mark.parametrize(
