@@ -15,20 +15,15 @@ os.environ.setdefault("MLX_ENABLE_CACHE_THRASHING_CHECK", "0")
 import mlx.core as mx
 from gpu_kernels import time_mlx  # bench/ is on sys.path when a bench script runs
 
-from engine.model import QUERY_BLOCK
+from engine.model import mlx_attention
 from kernels import attention
 
 HQ, HKV, D = 8, 2, 256
 
 
 def mlx_path(q: mx.array, k: mx.array, v: mx.array) -> mx.array:
-    """The model's attention without the kernel: MLX's sdpa, in query blocks past QUERY_BLOCK, as [B, T, H, D]."""
-    T, outs = q.shape[2], []
-    for s in range(0, T, QUERY_BLOCK):
-        e = min(s + QUERY_BLOCK, T)
-        outs.append(mx.fast.scaled_dot_product_attention(q[:, :, s:e], k[:, :, :e], v[:, :, :e], scale=D**-0.5,
-                                                         mask="causal"))
-    return mx.concatenate(outs, axis=2).transpose(0, 2, 1, 3)
+    """The model's attention without the kernel (`engine.model.mlx_attention`), as [B, T, H, D]."""
+    return mlx_attention(q, k, v, D**-0.5, "causal").transpose(0, 2, 1, 3)
 
 
 def main() -> None:

@@ -242,26 +242,25 @@ class Attention(FusedProjections):
         # Causal prefill on NVIDIA GPUs: the fused kernel (out [B, T, H, D]); elsewhere MLX's attention.
         o = causal_attention(q, k, v, self.scale) if isinstance(mask, str) else None
         if o is None:
-            if isinstance(mask, str) and T > QUERY_BLOCK:
-                o = self._blocked_attention(q, k, v, mask)
-            else:
-                o = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask=mask)
-            o = o.transpose(0, 2, 1, 3)
+            o = mlx_attention(q, k, v, self.scale, mask).transpose(0, 2, 1, 3)
         o = o.reshape(B, T, -1)
         return self.o_proj(_sigmoid_gate(o, gate.reshape(B, T, -1)))
 
-    def _blocked_attention(self, q: mx.array, k: mx.array, v: mx.array, mask: str) -> mx.array:
-        """Causal attention of T queries in blocks of QUERY_BLOCK, each against the keys up to its last query
-        (fully masked keys are skipped), each block made to wait for the previous one so their score matrices
-        are not alive together."""
-        T, L = q.shape[2], k.shape[2]
-        outs: list[mx.array] = []
-        for s in range(0, T, QUERY_BLOCK):
-            e = min(s + QUERY_BLOCK, T)
-            qb = mx.depends(q[:, :, s:e], outs[-1]) if outs else q[:, :, s:e]
-            outs.append(mx.fast.scaled_dot_product_attention(qb, k[:, :, : L - T + e], v[:, :, : L - T + e],
-                                                             scale=self.scale, mask=mask))
-        return mx.concatenate(outs, axis=2)
+
+def mlx_attention(q: mx.array, k: mx.array, v: mx.array, scale: float, mask: str | mx.array | None) -> mx.array:
+    """MLX's attention [B, H, T, D]. A causal prefill longer than QUERY_BLOCK runs in query blocks, each against
+    the keys up to its last query (fully masked keys are skipped), each block made to wait for the previous one
+    so their score matrices are not alive together."""
+    T, L = q.shape[2], k.shape[2]
+    if not (isinstance(mask, str) and T > QUERY_BLOCK):
+        return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask)
+    outs: list[mx.array] = []
+    for s in range(0, T, QUERY_BLOCK):
+        e = min(s + QUERY_BLOCK, T)
+        qb = mx.depends(q[:, :, s:e], outs[-1]) if outs else q[:, :, s:e]
+        outs.append(mx.fast.scaled_dot_product_attention(qb, k[:, :, : L - T + e], v[:, :, : L - T + e],
+                                                         scale=scale, mask=mask))
+    return mx.concatenate(outs, axis=2)
 
 
 class MLP(FusedProjections):
