@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import functools
 import os
-from importlib import resources
 
 import mlx.core as mx
+
+from kernels.gpu import read_source
 
 ENV = "DELTASERVE_ATTENTION"  # "mlx": always MLX's own attention (for comparison)
 TILE = 64  # queries (and keys) per tile; 4 warps of 16 query rows
@@ -70,11 +71,9 @@ def describe(dtype: mx.Dtype, n_heads: int, n_kv_heads: int, head_dim: int) -> s
 
 @functools.cache
 def _kernel(shared: int):
-    src = resources.files("kernels.src")
     return mx.fast.cuda_kernel(
         name="deltaserve_causal_attention", input_names=["q", "k", "v"], output_names=["out"],
-        source=src.joinpath("attention_cuda.body").read_text(), header=src.joinpath("attention_cuda.h").read_text(),
-        shared_memory=shared)
+        source=read_source("attention_cuda.body"), header=read_source("attention_cuda.h"), shared_memory=shared)
 
 
 def causal_attention(q: mx.array, k: mx.array, v: mx.array, scale: float) -> mx.array | None:

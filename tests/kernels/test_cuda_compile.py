@@ -30,20 +30,27 @@ struct Shape {  // mlx/backend/cuda/device/utils.cuh: cuda::std::array<int32_t, 
 
 
 def cuda_text(body: str, in_types: dict[str, str], out_types: dict[str, str], template: dict) -> str:
+    """One GDN body as MLX's `cuda_kernel` wraps it (prelude + body, GDN helpers as the header)."""
     inputs, outputs = gpu.BODIES[body]
-    source = gpu.read_source(f"gdn_{body}.body")
+    source = gpu.read_source("prelude_cuda.h") + gpu.read_source(f"gdn_{body}.body")
+    return kernel_text(body, source, gpu.read_source("helpers_cuda.h"), inputs, outputs, in_types | out_types,
+                       template)
+
+
+def kernel_text(name: str, source: str, header: str, inputs, outputs, types: dict[str, str], template: dict) -> str:
+    """A kernel's source as MLX's `cuda_kernel` generates it around `source`, with `header` before it."""
     params = []
     for n in inputs:  # MLX adds `const __grid_constant__ Shape x_shape` after x when the source names it
-        params.append(f"    const {CUDA_TYPES[in_types[n]]}* {n}")
+        params.append(f"    const {CUDA_TYPES[types[n]]}* {n}")
         if f"{n}_shape" in source:
             params.append(f"    const __grid_constant__ Shape {n}_shape")
-    params += [f"    {CUDA_TYPES[out_types[n]]}* {n}" for n in outputs]
+    params += [f"    {CUDA_TYPES[types[n]]}* {n}" for n in outputs]
     consts = [f"  using {k} = {CUDA_TYPES[v]};" if isinstance(v, str)
               else f"  constexpr bool {k} = {str(v).lower()};" if isinstance(v, bool)
               else f"  constexpr int {k} = {v};" for k, v in template.items()]
-    return (STUB + gpu.read_source("helpers_cuda.h") + "namespace mlx::core::cu {\n"
-            + f"__global__ void custom_kernel_{body}(\n" + ",\n".join(params) + ") {\n" + "\n".join(consts) + "\n"
-            + gpu.read_source("prelude_cuda.h") + source + "\n}\n}\n")
+    return (STUB + header + "namespace mlx::core::cu {\n"
+            + f"__global__ void custom_kernel_{name}(\n" + ",\n".join(params) + ") {\n" + "\n".join(consts) + "\n"
+            + source + "\n}\n}\n")
 
 
 SIZES = dict(DK=128, DV=128, HK=16, HV=16)
@@ -128,13 +135,9 @@ def test_state_pass_staging_plan_matches_the_compiled_shared_memory(dk, backend,
 def test_attention_kernel_compiles_without_spills(dtype, D, tmp_path):
     """The fused attention kernel (CUDA only) as MLX would wrap it: compiles for sm_90, and its O tile (D / 2
     floats a thread at D = 256) stays in registers (a spill would put it in local memory every key tile)."""
-    t = CUDA_TYPES[dtype]
-    params = (f"const {t}* q, const __grid_constant__ Shape q_shape, const {t}* k, "
-              f"const __grid_constant__ Shape k_shape, const {t}* v, {t}* out")
-    consts = f"using DT = {t};\nconstexpr int D = {D};\nconstexpr int HQ = 8;\nconstexpr int HKV = 2;\n"
-    text = (STUB + gpu.read_source("attention_cuda.h") + "namespace mlx::core::cu {\n"
-            + f"__global__ void custom_kernel_attn({params}) {{\n{consts}" + gpu.read_source("attention_cuda.body")
-            + "\n}\n}\n")
+    text = kernel_text("attn", gpu.read_source("attention_cuda.body"), gpu.read_source("attention_cuda.h"),
+                       ("q", "k", "v"), ("out",), dict.fromkeys(("q", "k", "v", "out"), dtype),
+                       dict(DT=dtype, D=D, HQ=8, HKV=2))
     r = nvcc(tmp_path, text, "-Xptxas", "-v")
     assert r.returncode == 0, r.stderr[-4000:]
     assert "0 bytes spill stores" in r.stderr, r.stderr[-2000:]
