@@ -195,6 +195,8 @@ def validate_params(params: SamplingParams, vocab_size: int) -> None:
 def validate_prompt(prompt: list[int], vocab_size: int) -> None:
     if not prompt:
         raise InvalidInputError("the prompt is empty: give at least one token")
+    if min(prompt) >= 0 and max(prompt) < vocab_size:  # the common case at C speed (as server.prompts.check_ids)
+        return
     for i, t in enumerate(prompt):
         if not 0 <= t < vocab_size:
             raise InvalidInputError(
