@@ -76,6 +76,12 @@ case "${1:?part: e2e, gates, kernels or tiles}" in
       | grep -v -i warn | tee "$out/kernels-fp32qk.txt"
     timeout 120 python3 bench/attention.py --contexts 512,2048,8192,16384 2>&1 | grep -v -i warn \
       | tee "$out/kernels-attention.txt"
+    # our GDN kernels' GPU time alone (3 calls at each length; the table's "fla kernels only" is the same reading)
+    for T in 4096 16384; do
+      echo "== T=$T, 3 calls"
+      timeout 120 ncu --cache-control none --clock-control none --metrics gpu__time_duration.sum --csv \
+        python3 bench/profile_run.py gdn $T --repeat 3 2>/dev/null | python3 bench/ncu_sum.py 2>/dev/null
+    done 2>&1 | tee "$out/kernels-ours-gpu-time.txt"
     ;;
   tiles)
     timeout 280 python3 bench/gpu_state_tiles.py 2>&1 | tee "$out/tiles.txt"

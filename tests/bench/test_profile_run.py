@@ -1,4 +1,5 @@
-"""bench/profile_run.py (the work a profiler records) runs both modes on the small demo checkpoint."""
+"""bench/profile_run.py (the work a profiler records) runs every mode on the small demo checkpoint
+(gdn: one layer's GDN core at the GPU-kernel issue's head shape, 70 tokens: a ragged chunk)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import pytest
 from tests.conftest import REPO
 
 
-@pytest.mark.parametrize("argv", [["prefill", "40", "--repeat", "2", "--step-size", "16"], ["decode", "3"]])
+@pytest.mark.parametrize("argv", [["prefill", "40", "--repeat", "2", "--step-size", "16"], ["decode", "3"],
+                                  ["gdn", "70", "--repeat", "2"]])
 def test_profile_run_completes(argv):
     r = subprocess.run([sys.executable, "bench/profile_run.py", *argv, "--model", "demo"], cwd=REPO,
                        capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
