@@ -1,7 +1,43 @@
 // Helpers for the CUDA form of the GDN kernels (passed as `header`; NVRTC rules: no `uint`, explicit
 // float conversions from __nv_bfloat16 / __half).
+#ifndef DS_EMULATE_PTX
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+
+// The PTX primitives, the only inline assembly here. tests/kernels/emulator/ptx_shim.h defines the same
+// functions for 32 CPU threads standing in for a warp, so the tensor-core paths can be checked without a GPU.
+__device__ inline unsigned ds_cvt_tf32(float x) {  // round to TF32: nearest, ties away from zero
+  unsigned u;
+  asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(u) : "f"(x));
+  return u;
+}
+__device__ inline float ds_shfl_xor(float x, int offset) { return __shfl_xor_sync(0xffffffffu, x, offset); }
+__device__ inline void ds_mma_tf32(float* c, const unsigned* a, const unsigned* b) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+// 16 bytes from global to shared memory without passing through registers (cp.async, sm_80+): the copy runs
+// while the thread goes on; ds_async_commit closes a group, ds_async_wait_all waits for this thread's groups
+// (a barrier then publishes them to the block). valid = false writes zeros and reads nothing. A pointer off
+// 16-byte alignment (an input array's view may start anywhere) takes a plain element-wise copy instead.
+template <typename T>
+__device__ inline void ds_copy16_async(T* dst, const T* src, bool valid) {
+  const unsigned d = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+  if (((reinterpret_cast<unsigned long long>(src) | d) & 15) == 0) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(d), "l"(src), "r"(valid ? 16 : 0)
+                 : "memory");
+  } else {
+    for (int i = 0; i < 16 / static_cast<int>(sizeof(T)); ++i) dst[i] = valid ? src[i] : static_cast<T>(0.0f);
+  }
+}
+__device__ inline void ds_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+__device__ inline void ds_async_wait_all() { asm volatile("cp.async.wait_all;" ::: "memory"); }
+// Wait until at most N of this thread's committed groups are still in flight (the older ones are complete).
+template <int N>
+__device__ inline void ds_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory"); }
+#endif
 
 // exp of a log-decay argument (<= 0), flushed to exactly 0 below exp(-40): the same rule as
 // kernels/chunked.py, far below fp32 resolution of the O(1) terms it joins.
@@ -10,7 +46,7 @@ __device__ inline float ds_decay(float x) { return x < -40.0f ? 0.0f : expf(x); 
 // Sum over the 32 lanes of a warp; every lane gets the result (the order is fixed: deterministic).
 __device__ inline float ds_warp_sum(float x) {
   for (int offset = 16; offset > 0; offset >>= 1) {
-    x += __shfl_xor_sync(0xffffffffu, x, offset);
+    x += ds_shfl_xor(x, offset);
   }
   return x;
 }
@@ -49,31 +85,21 @@ __device__ inline void ds_unpack16(const ds_raw16& v, const __half*, float* out)
 
 // x = hi + lo with hi, lo TF32 (round to nearest): the 3xTF32 split that keeps fp32 accuracy on tensor cores.
 __device__ inline void ds_split_tf32(float x, unsigned& hi, unsigned& lo) {
-  asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(hi) : "f"(x));
-  asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(lo) : "f"(x - __uint_as_float(hi)));
+  hi = ds_cvt_tf32(x);
+  lo = ds_cvt_tf32(x - __uint_as_float(hi));
 }
 
 // x rounded to TF32 (round to nearest, ties away: cvt.rna) when R, else x. Operands stored rounded where they
 // are made are passed to ds_mma_block as exact (no conversion per use): the same products, fewer instructions.
 template <bool R>
 __device__ inline float ds_tf32_if(float x) {
-  if (!R) return x;
-  unsigned u;
-  asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(u) : "f"(x));
-  return __uint_as_float(u);
+  return R ? __uint_as_float(ds_cvt_tf32(x)) : x;
 }
 
 // 16 bytes from p to q, both 16-byte aligned (one vector load and one vector store).
 template <typename D, typename S>
 __device__ inline void ds_copy16(D* q, const S* p) {
   *reinterpret_cast<uint4*>(q) = *reinterpret_cast<const uint4*>(p);
-}
-
-__device__ inline void ds_mma_tf32(float* c, const unsigned* a, const unsigned* b) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
 
 // One warp, one k-step of 8: acc (MT x NB tiles of 16 x 8, fp32) += A (16 MT x 8) B (8 x 8 NB), with
@@ -101,7 +127,7 @@ __device__ inline void ds_mma_block(float* acc, PA a, int am, int ak, PB b, int 
         ah[m][e] = __float_as_uint(v[e]);
         al[m][e] = 0u;
       } else if (FAST) {
-        asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(ah[m][e]) : "f"(v[e]));
+        ah[m][e] = ds_cvt_tf32(v[e]);
         al[m][e] = 0u;
       } else {
         ds_split_tf32(v[e], ah[m][e], al[m][e]);
@@ -118,7 +144,7 @@ __device__ inline void ds_mma_block(float* acc, PA a, int am, int ak, PB b, int 
         bh[n][e] = __float_as_uint(v[e]);
         bl[n][e] = 0u;
       } else if (FAST) {
-        asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(bh[n][e]) : "f"(v[e]));
+        bh[n][e] = ds_cvt_tf32(v[e]);
         bl[n][e] = 0u;
       } else {
         ds_split_tf32(v[e], bh[n][e], bl[n][e]);
@@ -136,26 +162,6 @@ __device__ inline void ds_mma_block(float* acc, PA a, int am, int ak, PB b, int 
     }
   }
 }
-
-// 16 bytes from global to shared memory without passing through registers (cp.async, sm_80+): the copy runs
-// while the thread goes on; ds_async_commit closes a group, ds_async_wait_all waits for this thread's groups
-// (a barrier then publishes them to the block). valid = false writes zeros and reads nothing. A pointer off
-// 16-byte alignment (an input array's view may start anywhere) takes a plain element-wise copy instead.
-template <typename T>
-__device__ inline void ds_copy16_async(T* dst, const T* src, bool valid) {
-  const unsigned d = static_cast<unsigned>(__cvta_generic_to_shared(dst));
-  if (((reinterpret_cast<unsigned long long>(src) | d) & 15) == 0) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(d), "l"(src), "r"(valid ? 16 : 0)
-                 : "memory");
-  } else {
-    for (int i = 0; i < 16 / static_cast<int>(sizeof(T)); ++i) dst[i] = valid ? src[i] : static_cast<T>(0.0f);
-  }
-}
-__device__ inline void ds_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
-__device__ inline void ds_async_wait_all() { asm volatile("cp.async.wait_all;" ::: "memory"); }
-// Wait until at most N of this thread's committed groups are still in flight (the older ones are complete).
-template <int N>
-__device__ inline void ds_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory"); }
 
 // SiLU of one causal-conv sum, with the conv and the SiLU results rounded to OutT as the MLX-ops path
 // (kernels/prologue.py) rounds them, so prefill's fused prologue, decode's fused step and the ops agree.

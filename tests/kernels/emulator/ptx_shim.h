@@ -1,0 +1,88 @@
+// CPU stand-ins for the PTX primitives of kernels/src/helpers_cuda.h (the block it compiles only without
+// DS_EMULATE_PTX), so its warp-level tensor-core code runs on the CPU: 32 std::threads are one warp and meet at
+// a std::barrier in every warp-collective primitive (mma.sync, shfl), as the hardware's lanes do. Fragment
+// layouts follow the PTX ISA's mma.m16n8k8 (.row.col, tf32).
+#pragma once
+#include <barrier>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <math.h>
+
+#define DS_EMULATE_PTX 1
+#define __device__
+
+inline float __uint_as_float(unsigned u) {
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+inline unsigned __float_as_uint(float f) {
+  unsigned u;
+  std::memcpy(&u, &f, 4);
+  return u;
+}
+struct __nv_bfloat16 {
+  uint16_t bits;
+  operator float() const { return __uint_as_float(static_cast<unsigned>(bits) << 16); }
+};
+struct __half {
+  uint16_t bits;
+  operator float() const {  // IEEE binary16 -> binary32 (exact)
+    const int e = (bits >> 10) & 31, m = bits & 1023;
+    const float s = (bits & 0x8000) ? -1.0f : 1.0f;
+    if (e == 0) return s * std::ldexp(static_cast<float>(m), -24);
+    if (e == 31) return m ? NAN : s * INFINITY;
+    return s * std::ldexp(static_cast<float>(m | 1024), e - 25);
+  }
+};
+inline __half __ushort_as_half(unsigned short b) { return {b}; }
+inline float __half2float(__half h) { return static_cast<float>(h); }
+struct uint4 {
+  unsigned x, y, z, w;
+};
+
+// The warp the calling thread is a lane of (set by the harness before it calls into the helpers).
+struct ds_warp {
+  std::barrier<>* bar;
+  unsigned a[32][4], b[32][2];
+  float c[32][4], f[32];
+};
+inline thread_local ds_warp* ds_w = nullptr;
+inline thread_local int ds_lane = 0;
+
+inline unsigned ds_cvt_tf32(float x) {  // cvt.rna.tf32.f32: nearest, ties away from zero (finite x)
+  return (__float_as_uint(x) + 0x1000u) & 0xffffe000u;
+}
+inline float ds_shfl_xor(float x, int offset) {
+  ds_w->f[ds_lane] = x;
+  ds_w->bar->arrive_and_wait();
+  const float y = ds_w->f[ds_lane ^ offset];
+  ds_w->bar->arrive_and_wait();
+  return y;
+}
+// mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 d = a b + c (c in place). A(r, k) lives in lane
+// 4 (r % 8) + k % 4, register (r >= 8) + 2 (k >= 4); B(k, n) in lane 4 n + k % 4, register (k >= 4); C(r, n)
+// in lane 4 (r % 8) + n / 2, register 2 (r >= 8) + n % 2. The tensor cores read operands as TF32 (the low 13
+// bits ignored) and accumulate in fp32 (here: k in order).
+inline void ds_mma_tf32(float* c, const unsigned* a, const unsigned* b) {
+  ds_warp& w = *ds_w;
+  const int L = ds_lane;
+  for (int i = 0; i < 4; ++i) w.a[L][i] = a[i];
+  for (int i = 0; i < 2; ++i) w.b[L][i] = b[i];
+  w.bar->arrive_and_wait();
+  const int g = L >> 2, t = L & 3;
+  float out[4];
+  for (int e = 0; e < 4; ++e) {
+    const int r = g + 8 * (e / 2), n = 2 * t + e % 2;
+    float acc = c[e];
+    for (int k = 0; k < 8; ++k) {
+      const float av = __uint_as_float(w.a[4 * (r % 8) + k % 4][(r >= 8) + 2 * (k >= 4)] & 0xffffe000u);
+      const float bv = __uint_as_float(w.b[4 * n + k % 4][k >= 4] & 0xffffe000u);
+      acc += av * bv;
+    }
+    out[e] = acc;
+  }
+  w.bar->arrive_and_wait();  // every lane has read the operands
+  for (int e = 0; e < 4; ++e) c[e] = out[e];
+}
