@@ -24,10 +24,20 @@ inline unsigned __float_as_uint(float f) {
 }
 struct __nv_bfloat16 {
   uint16_t bits;
+  __nv_bfloat16() = default;
+  explicit __nv_bfloat16(float f) {  // round to nearest even (__float2bfloat16_rn)
+    const unsigned u = __float_as_uint(f);
+    bits = static_cast<uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+  }
   operator float() const { return __uint_as_float(static_cast<unsigned>(bits) << 16); }
 };
 struct __half {
   uint16_t bits;
+  __half() = default;
+  explicit __half(float f) {  // round to nearest even
+    const _Float16 h = static_cast<_Float16>(f);
+    std::memcpy(&bits, &h, 2);
+  }
   operator float() const {  // IEEE binary16 -> binary32 (exact)
     const int e = (bits >> 10) & 31, m = bits & 1023;
     const float s = (bits & 0x8000) ? -1.0f : 1.0f;
@@ -36,7 +46,11 @@ struct __half {
     return s * std::ldexp(static_cast<float>(m | 1024), e - 25);
   }
 };
-inline __half __ushort_as_half(unsigned short b) { return {b}; }
+inline __half __ushort_as_half(unsigned short b) {
+  __half h;
+  h.bits = b;
+  return h;
+}
 inline float __half2float(__half h) { return static_cast<float>(h); }
 struct uint4 {
   unsigned x, y, z, w;
@@ -86,3 +100,18 @@ inline void ds_mma_tf32(float* c, const unsigned* a, const unsigned* b) {
   w.bar->arrive_and_wait();  // every lane has read the operands
   for (int e = 0; e < 4; ++e) c[e] = out[e];
 }
+
+// cp.async, done synchronously here: the data is in shared memory when the call returns (the kernels' wait
+// and barrier then only order it, as on the GPU). valid = false writes zeros and reads nothing.
+template <typename T>
+inline void ds_copy16_async(T* dst, const T* src, bool valid) {
+  if (valid) {
+    std::memcpy(dst, src, 16);
+  } else {
+    std::memset(dst, 0, 16);
+  }
+}
+inline void ds_async_commit() {}
+inline void ds_async_wait_all() {}
+template <int N>
+inline void ds_async_wait() {}

@@ -1,0 +1,189 @@
+"""Run the CUDA form of our kernels on the CPU: the same prelude + body + helpers MLX's `cuda_kernel` compiles,
+built by g++ against cuda_shim.h (one OS thread per GPU thread, a barrier per block, ptx_shim.h's warp
+primitives per 32 threads), optionally under ThreadSanitizer.
+
+`record_launches(fn)` runs `fn` with `kernels.gpu.kernel` replaced by a recorder, so the launches come from
+the real planning code (templates, grids, chained intermediates) without a GPU; `run_launches` then executes
+them in order, feeding each kernel's emulated outputs to the launches that read them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlx.core as mx
+import numpy as np
+
+from kernels import gpu
+
+HERE = Path(__file__).resolve().parent
+CTYPES = {mx.float32: "float", mx.bfloat16: "__nv_bfloat16", mx.float16: "__half", mx.int32: "int32_t"}
+NP = {"float": np.float32, "__nv_bfloat16": np.uint16, "__half": np.uint16, "int32_t": np.int32}  # raw bits
+
+
+@dataclass
+class Launch:
+    body: str
+    inputs: list[mx.array]
+    outputs: list[mx.array]  # placeholders standing for the kernel's outputs
+    template: list[tuple[str, object]]
+    blocks: tuple[int, int, int]
+    threads: int
+
+
+def record_launches(fn: Callable[[], object]) -> tuple[object, list[Launch]]:
+    """fn()'s result (its arrays are placeholders) and the kernel launches it made, in order."""
+    launches: list[Launch] = []
+
+    def fake_kernel(backend: str, body: str, *_):
+        def launch(*, inputs, output_shapes, output_dtypes, grid, threadgroup, template, verbose=False):
+            outs = [mx.zeros(s, dtype=d) for s, d in zip(output_shapes, output_dtypes, strict=True)]
+            blocks = tuple(g // t for g, t in zip(grid, threadgroup, strict=True))
+            launches.append(Launch(body, list(inputs), outs, list(template), blocks, threadgroup[0]))
+            return outs
+        return launch
+
+    saved = gpu.kernel
+    gpu.kernel = fake_kernel
+    try:
+        return fn(), launches
+    finally:
+        gpu.kernel = saved
+
+
+def _bits(a: mx.array) -> np.ndarray:
+    if a.dtype in (mx.bfloat16, mx.float16):
+        return np.array(a.view(mx.uint16))
+    return np.array(a)
+
+
+def kernel_source(launch: Launch, types: dict[str, str]) -> str:
+    """The kernel as MLX wraps it for NVRTC, with the CPU shim in front instead of the CUDA headers."""
+    inputs, outputs = gpu.BODIES[launch.body]
+    source = gpu.read_source("prelude_cuda.h") + gpu.read_source(f"gdn_{launch.body}.body")
+    params = []
+    for n in inputs:
+        params.append(f"const {types[n]}* {n}")
+        if f"{n}_shape" in source:
+            params.append(f"const Shape {n}_shape")
+    params += [f"{types[n]}* {n}" for n in outputs]
+    consts = []
+    for k, v in launch.template:
+        if isinstance(v, mx.Dtype):
+            consts.append(f"using {k} = {CTYPES[v]};")
+        elif isinstance(v, bool):
+            consts.append(f"constexpr bool {k} = {str(v).lower()};")
+        else:
+            consts.append(f"constexpr int {k} = {v};")
+    return (f'#include "{HERE / "cuda_shim.h"}"\n' + gpu.read_source("helpers_cuda.h")
+            + "\nstruct Shape {\n  int32_t v[8];\n  const int32_t& operator[](int i) const { return v[i]; }\n};\n"
+            + "void custom_kernel(" + ", ".join(params) + ") {\n" + "\n".join(consts) + "\n" + source + "\n}\n")
+
+
+def driver_source(launch: Launch, types: dict[str, str], kernel: Path) -> str:
+    inputs, outputs = gpu.BODIES[launch.body]
+    names = [*inputs, *outputs]
+    loads = "\n".join(f'  auto b{i} = load(dir + "/{n}.bin");' for i, n in enumerate(names))
+    saves = "\n".join(f'  save(dir + "/{n}.bin", b{i});' for i, n in enumerate(names) if n in outputs)
+    shapes = {n: [int(x) for x in a.shape] for n, a in zip(inputs, launch.inputs, strict=True)}
+    args = []
+    for i, n in enumerate(names):
+        args.append(f"({'const ' if n in inputs else ''}{types[n]}*)b{i}.data()")
+        if n in inputs and f"{n}_shape" in kernel.read_text():
+            args.append("Shape{{" + ", ".join(map(str, shapes[n] + [0] * (8 - len(shapes[n])))) + "}}")
+    gx, gy, gz = launch.blocks
+    return f"""
+#include <fstream>
+#include <iterator>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+#include "{kernel}"
+
+static std::vector<char> load(const std::string& path) {{
+  std::ifstream f(path, std::ios::binary);
+  return std::vector<char>(std::istreambuf_iterator<char>(f), {{}});
+}}
+static void save(const std::string& path, const std::vector<char>& data) {{
+  std::ofstream(path, std::ios::binary).write(data.data(), data.size());
+}}
+
+int main(int, char** argv) {{
+  const std::string dir = argv[1];
+  const unsigned nt = {launch.threads};
+{loads}
+  for (unsigned z = 0; z < {gz}; ++z)
+    for (unsigned y = 0; y < {gy}; ++y)
+      for (unsigned x = 0; x < {gx}; ++x) {{
+        std::barrier<> block(nt);
+        std::vector<std::unique_ptr<std::barrier<>>> warp_barriers;
+        std::vector<std::unique_ptr<ds_warp>> warps;
+        for (unsigned s = 0; s < nt; s += 32) {{
+          warp_barriers.push_back(std::make_unique<std::barrier<>>(32));
+          warps.push_back(std::make_unique<ds_warp>());
+          warps.back()->bar = warp_barriers.back().get();
+        }}
+        std::vector<std::thread> threads;
+        for (unsigned t = 0; t < nt; ++t)
+          threads.emplace_back([&, t] {{
+            threadIdx = dim3{{t, 0, 0}};
+            blockIdx = dim3{{x, y, z}};
+            ds_block_barrier = &block;
+            ds_w = warps[t / 32].get();
+            ds_lane = static_cast<int>(t % 32);
+            custom_kernel({", ".join(args)});
+          }});
+        for (auto& th : threads) th.join();
+      }}
+{saves}
+  return 0;
+}}
+"""
+
+
+def run_launches(launches: list[Launch], workdir: Path, sanitize: bool = False) -> dict[int, np.ndarray]:
+    """Emulate the launches in order; returns {id(placeholder): raw NumPy output} for every output."""
+    results: dict[int, np.ndarray] = {}
+    for n, launch in enumerate(launches):
+        inputs, outputs = gpu.BODIES[launch.body]
+        types = {name: CTYPES[a.dtype] for name, a in zip(inputs, launch.inputs, strict=True)}
+        types |= {name: CTYPES[a.dtype] for name, a in zip(outputs, launch.outputs, strict=True)}
+        source = kernel_source(launch, types)
+        tag = hashlib.sha1((source + str(sanitize)).encode()).hexdigest()[:12]
+        build = workdir / f"{launch.body}-{tag}"
+        build.mkdir(parents=True, exist_ok=True)
+        kernel = build / "kernel.h"
+        kernel.write_text(source)
+        exe = build / "emulate"
+        if not exe.exists():
+            (build / "driver.cpp").write_text(driver_source(launch, types, kernel))
+            flags = ["-fsanitize=thread", "-g", "-O1"] if sanitize else ["-O2"]
+            cmd = ["g++", "-std=c++20", *flags, str(build / "driver.cpp"), "-o", str(exe), "-lpthread"]
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+            assert done.returncode == 0, done.stderr[-4000:]
+        data = workdir / f"data-{n}"
+        data.mkdir(exist_ok=True)
+        for name, a in zip(inputs, launch.inputs, strict=True):
+            raw = results[id(a)] if id(a) in results else _bits(a)
+            np.ascontiguousarray(raw, dtype=NP[types[name]]).tofile(data / f"{name}.bin")
+        for name, a in zip(outputs, launch.outputs, strict=True):
+            np.full(a.shape, np.nan if a.dtype == mx.float32 else 0, NP[types[name]]).tofile(data / f"{name}.bin")
+        done = subprocess.run([str(exe), str(data)], capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0 and "ThreadSanitizer" not in done.stderr, done.stderr[-4000:]
+        for name, a in zip(outputs, launch.outputs, strict=True):
+            results[id(a)] = np.fromfile(data / f"{name}.bin", dtype=NP[types[name]]).reshape(a.shape)
+    return results
+
+
+def as_float(raw: np.ndarray, dtype: mx.Dtype) -> np.ndarray:
+    """An emulated output's raw bits as float64."""
+    if dtype == mx.bfloat16:
+        return (raw.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+    if dtype == mx.float16:
+        return raw.view(np.float16).astype(np.float64)
+    return raw.astype(np.float64)

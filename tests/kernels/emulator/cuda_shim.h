@@ -1,0 +1,26 @@
+// Just enough of the CUDA runtime for g++ to compile the CUDA form of our kernels (the text MLX's cuda_kernel
+// would compile) and run it on the CPU: one OS thread per GPU thread, a std::barrier per block for
+// __syncthreads, the warp primitives of ptx_shim.h per 32 threads. Blocks run one at a time, so __shared__
+// arrays are plain statics. Conversions to bf16 / fp16 round to nearest even, as __float2bfloat16_rn does.
+#pragma once
+#include <barrier>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <math.h>
+
+#include "ptx_shim.h"
+
+#define __global__
+#define __grid_constant__
+#define __shared__ static
+#define __align__(n) __attribute__((aligned(n)))
+
+struct dim3 {
+  unsigned x, y, z;
+};
+inline thread_local dim3 threadIdx{0, 0, 0};
+inline thread_local dim3 blockIdx{0, 0, 0};
+inline thread_local std::barrier<>* ds_block_barrier = nullptr;
+inline void __syncthreads() { ds_block_barrier->arrive_and_wait(); }
+inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
