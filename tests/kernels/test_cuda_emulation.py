@@ -1,6 +1,6 @@
-"""The CUDA form of the chunked GDN kernels, run on the CPU (tests/kernels/emulator/cuda_emulate.py): the text
-MLX's cuda_kernel would compile, with the launches gpu.chunked plans for an NVIDIA GPU, against the float64
-oracle; and once under ThreadSanitizer. The products go through the PTX shim's mma.sync, so the CUDA-only
+"""The CUDA form of the GDN kernels, run on the CPU (tests/kernels/emulator/cuda_emulate.py): the text MLX's
+cuda_kernel would compile, with the launches gpu plans for an NVIDIA GPU, against the float64 oracle; the
+chunked kernels also under ThreadSanitizer. The products go through the PTX shim's mma.sync, so the CUDA-only
 paths (3xTF32 splitting, plain TF32 with operands stored rounded, the staging) are checked without a card."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 from kernels import gpu
 from tests.kernels import oracle
 from tests.kernels.emulator.cuda_emulate import as_float, record_launches, run_launches
-from tests.kernels.inputs import make_gdn_inputs
+from tests.kernels.inputs import decode_inputs, make_gdn_inputs, prologue_inputs
 from tests.numerics import assert_close_to_scale
 
 pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="g++ is not installed")
@@ -70,3 +70,41 @@ def test_removing_one_barrier_is_caught_in_the_cuda_form(tmp_path, monkeypatch):
     monkeypatch.setenv("MLX_ENABLE_TF32", "1")
     with pytest.raises(AssertionError, match="ThreadSanitizer: data race"):
         _chunked(tmp_path, mx.bfloat16, 64, sanitize=True)
+
+
+def _run(tmp_path, fn):
+    """fn()'s outputs (kernels launched through gpu) emulated on the CPU, as float64 arrays."""
+    outputs, launches = record_launches(fn)
+    results = run_launches(launches, tmp_path)
+    return [as_float(results[id(o)], o.dtype) for o in outputs]
+
+
+@pytest.mark.parametrize("dtype", [mx.float32, mx.bfloat16], ids=["fp32", "bf16"])
+def test_cuda_serial_kernel_matches_the_oracle(tmp_path, dtype):
+    ref, (q, k, v, g, beta, s0) = make_gdn_inputs(**SHAPE, dtype=dtype)
+    out, state = _run(tmp_path, lambda: gpu.serial(q, k, v, g, beta, s0, backend="cuda"))
+    ref_out, ref_state = oracle.serial(*ref)
+    assert_close_to_scale("out", out, ref_out, rel=1e-5 if dtype == mx.float32 else 1e-2)
+    assert_close_to_scale("state", state, ref_state, rel=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [mx.float32, mx.bfloat16], ids=["fp32", "bf16"])
+def test_cuda_decode_kernel_matches_the_oracle(tmp_path, dtype):
+    """The fused decode step (conv, SiLU, norms, gates, serial step, conv-cache shift), rounding as the ops."""
+    Hk, Hv, Dk, Dv = SHAPE["Hk"], SHAPE["Hv"], SHAPE["Dk"], SHAPE["Dv"]
+    ref, arrays = decode_inputs(B=2, Hk=Hk, Hv=Hv, Dk=Dk, Dv=Dv, seed=11, dtype=dtype)
+    out, conv, state = _run(tmp_path, lambda: gpu.decode(*arrays, num_k_heads=Hk, head_k_dim=Dk, backend="cuda"))
+    rel = 1e-5 if dtype == mx.float32 else 1e-2  # bf16: the projections' and outputs' rounding
+    for name, got, want in zip(("out", "conv cache", "state"), (out, conv, state),
+                               oracle.decode_step(*ref, Hk, Dk), strict=True):
+        assert_close_to_scale(name, got, want, rel=rel)
+
+
+def test_cuda_prologue_kernel_matches_the_oracle(tmp_path):
+    """The prefill prologue (conv, SiLU, split, norms, the conv cache's next rows) for 13 tokens."""
+    Hk, Hv, Dk, Dv = SHAPE["Hk"], SHAPE["Hv"], SHAPE["Dk"], SHAPE["Dv"]
+    ref, arrays = prologue_inputs(B=1, T=13, Hk=Hk, Hv=Hv, Dk=Dk, Dv=Dv, seed=12)
+    got = _run(tmp_path, lambda: gpu.prologue(*arrays, num_k_heads=Hk, head_k_dim=Dk, num_v_heads=Hv,
+                                              backend="cuda"))
+    for name, g, want in zip(("q", "k", "v", "conv_out"), got, oracle.prologue(*ref, Hk, Dk, Hv), strict=True):
+        assert_close_to_scale(name, g, want, rel=1e-5)
