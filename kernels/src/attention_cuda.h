@@ -1,4 +1,6 @@
 // Helpers of the fused causal attention kernel (CUDA only): bf16 / fp16 tensor-core tiles fed by ldmatrix.
+// All of them are PTX: tests/kernels/emulator/ptx_shim.h defines CPU stand-ins (DS_EMULATE_PTX).
+#ifndef DS_EMULATE_PTX
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -56,3 +58,4 @@ __device__ inline void fa_copy16(void* dst, const void* src, bool valid) {
 __device__ inline void fa_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
 template <int N>
 __device__ inline void fa_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory"); }
+#endif

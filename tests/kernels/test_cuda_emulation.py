@@ -10,10 +10,12 @@ import shutil
 import mlx.core as mx
 import pytest
 
-from kernels import gpu
+from kernels import attention, gpu
 from tests.kernels import oracle
 from tests.kernels.emulator.cuda_emulate import as_float, record_launches, run_launches
 from tests.kernels.inputs import decode_inputs, make_gdn_inputs, prologue_inputs
+from tests.kernels.test_attention import inputs as attention_inputs
+from tests.kernels.test_attention import oracle as attention_oracle
 from tests.numerics import assert_close_to_scale
 
 pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="g++ is not installed")
@@ -24,7 +26,7 @@ def _chunked(tmp_path, dtype, chunk: int, sanitize: bool = False):
     ref, (q, k, v, g, beta, s0) = make_gdn_inputs(**SHAPE, dtype=dtype)
     (out, state), launches = record_launches(
         lambda: gpu.chunked(q, k, v, g, beta, s0, chunk_size=chunk, backend="cuda"))
-    assert [launch.body for launch in launches] == ["chunk_prep", "chunk_state", "chunk_out"]
+    assert [launch.name for launch in launches] == ["chunk_prep", "chunk_state", "chunk_out"]
     results = run_launches(launches, tmp_path, sanitize)
     return ref, as_float(results[id(out)], out.dtype), as_float(results[id(state)], state.dtype)
 
@@ -108,3 +110,16 @@ def test_cuda_prologue_kernel_matches_the_oracle(tmp_path):
                                               backend="cuda"))
     for name, g, want in zip(("q", "k", "v", "conv_out"), got, oracle.prologue(*ref, Hk, Dk, Hv), strict=True):
         assert_close_to_scale(name, g, want, rel=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [mx.bfloat16, mx.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("shape", [dict(T=70, L=70), dict(T=30, L=100)], ids=lambda s: f"T{s['T']}-L{s['L']}")
+def test_cuda_attention_kernel_matches_the_oracle(tmp_path, monkeypatch, shape, dtype):
+    """The fused causal attention (mma.m16n8k16 fed by ldmatrix, its .trans form for V) on the CPU: a ragged query
+    tile, a later prefill step's offset, grouped heads. The kernel is proven on the card, so this also checks the
+    shim's ldmatrix and m16n8k16 layouts that other CPU checks rely on."""
+    monkeypatch.setattr(attention, "unsupported", lambda *a: None)  # the CPU: the kernel would not be chosen
+    (q, k, v), exact = attention_inputs(B=1, Hq=4, Hkv=2, D=64, **shape, dtype=dtype, seed=5)
+    (out,) = _run(tmp_path, lambda: [attention.causal_attention(q, k, v, 64**-0.5)])
+    rel = 2e-2 if dtype == mx.bfloat16 else 3e-3  # P rounded to the input dtype, as on the card
+    assert_close_to_scale("out", out, attention_oracle(*exact), rel=rel)

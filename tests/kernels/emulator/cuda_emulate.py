@@ -2,14 +2,16 @@
 built by g++ against cuda_shim.h (one OS thread per GPU thread, a barrier per block, ptx_shim.h's warp
 primitives per 32 threads), optionally under ThreadSanitizer.
 
-`record_launches(fn)` runs `fn` with `kernels.gpu.kernel` replaced by a recorder, so the launches come from
-the real planning code (templates, grids, chained intermediates) without a GPU; `run_launches` then executes
-them in order, feeding each kernel's emulated outputs to the launches that read them.
+`record_launches(fn)` runs `fn` with the kernel factories (`kernels.gpu.kernel`, `kernels.attention._kernel`)
+replaced by a recorder, so the launches come from the real planning code (templates, grids, chained
+intermediates) without a GPU; `run_launches` then executes them in order, feeding each kernel's emulated
+outputs to the launches that read them.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,7 +20,7 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 
-from kernels import gpu
+from kernels import attention, gpu
 
 HERE = Path(__file__).resolve().parent
 CTYPES = {mx.float32: "float", mx.bfloat16: "__nv_bfloat16", mx.float16: "__half", mx.int32: "int32_t"}
@@ -27,7 +29,12 @@ NP = {"float": np.float32, "__nv_bfloat16": np.uint16, "__half": np.uint16, "int
 
 @dataclass
 class Launch:
-    body: str
+    name: str
+    input_names: tuple[str, ...]
+    output_names: tuple[str, ...]
+    source: str  # the kernel body (prelude included) and the header MLX compiles before it
+    header: str
+    shared: int  # launch-sized shared memory (bytes)
     inputs: list[mx.array]
     outputs: list[mx.array]  # placeholders standing for the kernel's outputs
     template: list[tuple[str, object]]
@@ -39,20 +46,29 @@ def record_launches(fn: Callable[[], object]) -> tuple[object, list[Launch]]:
     """fn()'s result (its arrays are placeholders) and the kernel launches it made, in order."""
     launches: list[Launch] = []
 
-    def fake_kernel(backend: str, body: str, *_):
+    def recorder(name, names, source, header, shared=0):
         def launch(*, inputs, output_shapes, output_dtypes, grid, threadgroup, template, verbose=False):
             outs = [mx.zeros(s, dtype=d) for s, d in zip(output_shapes, output_dtypes, strict=True)]
             blocks = tuple(g // t for g, t in zip(grid, threadgroup, strict=True))
-            launches.append(Launch(body, list(inputs), outs, list(template), blocks, threadgroup[0]))
+            launches.append(Launch(name, *names, source, header, shared, list(inputs), outs, list(template), blocks,
+                                   threadgroup[0]))
             return outs
         return launch
 
-    saved = gpu.kernel
-    gpu.kernel = fake_kernel
+    def gdn_kernel(backend: str, body: str, *_):
+        return recorder(body, gpu.BODIES[body], gpu.read_source("prelude_cuda.h") + gpu.read_source(f"gdn_{body}.body"),
+                        gpu.read_source("helpers_cuda.h"))
+
+    def attention_kernel(shared: int):
+        return recorder("attention", (("q", "k", "v"), ("out",)), gpu.read_source("attention_cuda.body"),
+                        gpu.read_source("attention_cuda.h"), shared)
+
+    saved = gpu.kernel, attention._kernel
+    gpu.kernel, attention._kernel = gdn_kernel, attention_kernel
     try:
         return fn(), launches
     finally:
-        gpu.kernel = saved
+        gpu.kernel, attention._kernel = saved
 
 
 def _bits(a: mx.array) -> np.ndarray:
@@ -62,9 +78,12 @@ def _bits(a: mx.array) -> np.ndarray:
 
 
 def kernel_source(launch: Launch, types: dict[str, str]) -> str:
-    """The kernel as MLX wraps it for NVRTC, with the CPU shim in front instead of the CUDA headers."""
-    inputs, outputs = gpu.BODIES[launch.body]
-    source = gpu.read_source("prelude_cuda.h") + gpu.read_source(f"gdn_{launch.body}.body")
+    """The kernel as MLX wraps it for NVRTC, with the CPU shim in front instead of the CUDA headers (dynamic shared
+    memory becomes a static array of the launch's size: blocks run one at a time)."""
+    inputs, outputs, source = launch.input_names, launch.output_names, launch.source
+    if launch.shared:
+        source = re.sub(r"extern __shared__ __align__\(16\) unsigned char (\w+)\[\];",
+                        rf"__shared__ __align__(16) unsigned char \1[{launch.shared}];", source)
     params = []
     for n in inputs:
         params.append(f"const {types[n]}* {n}")
@@ -79,13 +98,13 @@ def kernel_source(launch: Launch, types: dict[str, str]) -> str:
             consts.append(f"constexpr bool {k} = {str(v).lower()};")
         else:
             consts.append(f"constexpr int {k} = {v};")
-    return (f'#include "{HERE / "cuda_shim.h"}"\n' + gpu.read_source("helpers_cuda.h")
+    return (f'#include "{HERE / "cuda_shim.h"}"\n' + launch.header
             + "\nstruct Shape {\n  int32_t v[8];\n  const int32_t& operator[](int i) const { return v[i]; }\n};\n"
             + "void custom_kernel(" + ", ".join(params) + ") {\n" + "\n".join(consts) + "\n" + source + "\n}\n")
 
 
 def driver_source(launch: Launch, types: dict[str, str], kernel: Path) -> str:
-    inputs, outputs = gpu.BODIES[launch.body]
+    inputs, outputs = launch.input_names, launch.output_names
     names = [*inputs, *outputs]
     loads = "\n".join(f'  auto b{i} = load(dir + "/{n}.bin");' for i, n in enumerate(names))
     saves = "\n".join(f'  save(dir + "/{n}.bin", b{i});' for i, n in enumerate(names) if n in outputs)
@@ -150,12 +169,12 @@ def run_launches(launches: list[Launch], workdir: Path, sanitize: bool = False) 
     """Emulate the launches in order; returns {id(placeholder): raw NumPy output} for every output."""
     results: dict[int, np.ndarray] = {}
     for n, launch in enumerate(launches):
-        inputs, outputs = gpu.BODIES[launch.body]
+        inputs, outputs = launch.input_names, launch.output_names
         types = {name: CTYPES[a.dtype] for name, a in zip(inputs, launch.inputs, strict=True)}
         types |= {name: CTYPES[a.dtype] for name, a in zip(outputs, launch.outputs, strict=True)}
         source = kernel_source(launch, types)
         tag = hashlib.sha1((source + str(sanitize)).encode()).hexdigest()[:12]
-        build = workdir / f"{launch.body}-{tag}"
+        build = workdir / f"{launch.name}-{tag}"
         build.mkdir(parents=True, exist_ok=True)
         kernel = build / "kernel.h"
         kernel.write_text(source)

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <cstring>
 #include <math.h>
+#include <algorithm>
 
 #include "ptx_shim.h"
 
@@ -24,3 +25,7 @@ inline thread_local dim3 blockIdx{0, 0, 0};
 inline thread_local std::barrier<>* ds_block_barrier = nullptr;
 inline void __syncthreads() { ds_block_barrier->arrive_and_wait(); }
 inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
+inline float __int_as_float(unsigned u) { return __uint_as_float(u); }
+inline float __shfl_xor_sync(unsigned, float x, int offset) { return ds_shfl_xor(x, offset); }
+using std::max;
+using std::min;

@@ -1,7 +1,7 @@
 // CPU stand-ins for the PTX primitives of kernels/src/helpers_cuda.h (the block it compiles only without
 // DS_EMULATE_PTX), so its warp-level tensor-core code runs on the CPU: 32 std::threads are one warp and meet at
-// a std::barrier in every warp-collective primitive (mma.sync, shfl), as the hardware's lanes do. Fragment
-// layouts follow the PTX ISA's mma.m16n8k8 (.row.col, tf32).
+// a std::barrier in every warp-collective primitive (mma.sync, ldmatrix, shfl), as the hardware's lanes do.
+// Fragment layouts follow the PTX ISA (mma.m16n8k8 tf32, mma.m16n8k16 bf16 / f16, ldmatrix .m8n8 .b16).
 #pragma once
 #include <barrier>
 #include <cmath>
@@ -61,6 +61,7 @@ struct ds_warp {
   std::barrier<>* bar;
   unsigned a[32][4], b[32][2];
   float c[32][4], f[32];
+  const void* addr[32];  // ldmatrix row addresses
 };
 inline thread_local ds_warp* ds_w = nullptr;
 inline thread_local int ds_lane = 0;
@@ -115,3 +116,67 @@ inline void ds_async_commit() {}
 inline void ds_async_wait_all() {}
 template <int N>
 inline void ds_async_wait() {}
+
+// The fused attention kernel's primitives (kernels/src/attention_cuda.h).
+// ldmatrix.sync.aligned.m8n8.x4[.trans].shared.b16: lane 8 i + r gives the address of row r of matrix i; lane
+// 4 g + t gets, per matrix, elements (g, 2t), (g, 2t + 1) packed low | high (.trans: (2t, g), (2t + 1, g)).
+template <bool TRANS>
+inline void fa_ldmatrix_x4(unsigned* r, const void* p) {
+  ds_warp& w = *ds_w;
+  const int L = ds_lane;
+  w.addr[L] = p;
+  w.bar->arrive_and_wait();
+  const int g = L >> 2, t = L & 3;
+  for (int i = 0; i < 4; ++i) {
+    uint16_t e[2];
+    for (int h = 0; h < 2; ++h) {
+      const uint16_t* row = static_cast<const uint16_t*>(w.addr[8 * i + (TRANS ? 2 * t + h : g)]);
+      e[h] = row[TRANS ? g : 2 * t + h];
+    }
+    r[i] = static_cast<unsigned>(e[0]) | (static_cast<unsigned>(e[1]) << 16);
+  }
+  w.bar->arrive_and_wait();
+}
+// mma.sync.aligned.m16n8k16.row.col.f32.{bf16,f16}: A(r, k) is half k % 2 of register (r >= 8) + 2 (k >= 8)
+// of lane 4 (r % 8) + (k % 8) / 2; B(k, n) half k % 2 of register (k >= 8) of lane 4 n + (k % 8) / 2; C as
+// m16n8k8. Products and sums in fp32 (k in order).
+template <typename T>
+inline void fa_mma(float* c, const unsigned* a, const unsigned* b) {
+  ds_warp& w = *ds_w;
+  const int L = ds_lane;
+  for (int i = 0; i < 4; ++i) w.a[L][i] = a[i];
+  for (int i = 0; i < 2; ++i) w.b[L][i] = b[i];
+  w.bar->arrive_and_wait();
+  auto half = [](unsigned reg, int k) {
+    T v;
+    v.bits = static_cast<uint16_t>(k % 2 ? reg >> 16 : reg & 0xffffu);
+    return static_cast<float>(v);
+  };
+  const int g = L >> 2, t = L & 3;
+  float out[4];
+  for (int e = 0; e < 4; ++e) {
+    const int r = g + 8 * (e / 2), n = 2 * t + e % 2;
+    float acc = c[e];
+    for (int k = 0; k < 16; ++k) {
+      acc += half(w.a[4 * (r % 8) + (k % 8) / 2][(r >= 8) + 2 * (k >= 8)], k) *
+             half(w.b[4 * n + (k % 8) / 2][k >= 8], k);
+    }
+    out[e] = acc;
+  }
+  w.bar->arrive_and_wait();
+  for (int e = 0; e < 4; ++e) c[e] = out[e];
+}
+template <typename T>
+inline unsigned fa_pack(float lo, float hi) {  // two floats rounded to nearest even, lo in the low half
+  return static_cast<unsigned>(T(lo).bits) | (static_cast<unsigned>(T(hi).bits) << 16);
+}
+inline void fa_copy16(void* dst, const void* src, bool valid) {
+  if (valid) {
+    std::memcpy(dst, src, 16);
+  } else {
+    std::memset(dst, 0, 16);
+  }
+}
+inline void fa_commit() {}
+template <int N>
+inline void fa_wait() {}
