@@ -1,14 +1,14 @@
 // Just enough of the CUDA runtime for g++ to compile the CUDA form of our kernels (the text MLX's cuda_kernel
 // would compile) and run it on the CPU: one OS thread per GPU thread, a std::barrier per block for
 // __syncthreads, the warp primitives of ptx_shim.h per 32 threads. Blocks run one at a time, so __shared__
-// arrays are plain statics. Conversions to bf16 / fp16 round to nearest even, as __float2bfloat16_rn does.
+// arrays are plain statics (dynamic shared memory is made one by cuda_emulate.py).
 #pragma once
+#include <algorithm>
 #include <barrier>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <math.h>
-#include <algorithm>
 
 #include "ptx_shim.h"
 

@@ -1,6 +1,7 @@
-// CPU stand-ins for the PTX primitives of kernels/src/helpers_cuda.h (the block it compiles only without
-// DS_EMULATE_PTX), so its warp-level tensor-core code runs on the CPU: 32 std::threads are one warp and meet at
-// a std::barrier in every warp-collective primitive (mma.sync, ldmatrix, shfl), as the hardware's lanes do.
+// CPU stand-ins for the PTX primitives of the CUDA kernels' helpers (kernels/src/helpers_cuda.h and
+// attention_cuda.h compile theirs only without DS_EMULATE_PTX), so their warp-level tensor-core code runs on
+// the CPU: 32 std::threads are one warp and meet at a std::barrier in every warp-collective primitive
+// (mma.sync, ldmatrix, shfl), as the hardware's lanes do.
 // Fragment layouts follow the PTX ISA (mma.m16n8k8 tf32, mma.m16n8k16 bf16 / f16, ldmatrix .m8n8 .b16).
 #pragma once
 #include <barrier>
@@ -104,13 +105,16 @@ inline void ds_mma_tf32(float* c, const unsigned* a, const unsigned* b) {
 
 // cp.async, done synchronously here: the data is in shared memory when the call returns (the kernels' wait
 // and barrier then only order it, as on the GPU). valid = false writes zeros and reads nothing.
-template <typename T>
-inline void ds_copy16_async(T* dst, const T* src, bool valid) {
+inline void ds_copy16_now(void* dst, const void* src, bool valid) {
   if (valid) {
     std::memcpy(dst, src, 16);
   } else {
     std::memset(dst, 0, 16);
   }
+}
+template <typename T>
+inline void ds_copy16_async(T* dst, const T* src, bool valid) {
+  ds_copy16_now(dst, src, valid);
 }
 inline void ds_async_commit() {}
 inline void ds_async_wait_all() {}
@@ -170,13 +174,7 @@ template <typename T>
 inline unsigned fa_pack(float lo, float hi) {  // two floats rounded to nearest even, lo in the low half
   return static_cast<unsigned>(T(lo).bits) | (static_cast<unsigned>(T(hi).bits) << 16);
 }
-inline void fa_copy16(void* dst, const void* src, bool valid) {
-  if (valid) {
-    std::memcpy(dst, src, 16);
-  } else {
-    std::memset(dst, 0, 16);
-  }
-}
+inline void fa_copy16(void* dst, const void* src, bool valid) { ds_copy16_now(dst, src, valid); }
 inline void fa_commit() {}
 template <int N>
 inline void fa_wait() {}
