@@ -13,6 +13,8 @@
 #   bash tools/device-checks.sh loop     # a decode token's time: step vs token loop; our e2e rows + server TTFT
 #   bash tools/device-checks.sh tune     # MLX's kernels per CUDA graph: decode and prefill
 #   bash tools/device-checks.sh decode   # the compiled decode step's kernels under ncu; one layer's step, fused vs ops
+#   bash tools/device-checks.sh ab       # GDN kernel phases of a base tree (exp/base: `git archive main | tar -x -C
+#                                        # exp/base`, carried untracked) against this tree's, alternating, one call
 set -uo pipefail
 . tools/device-env.sh
 out=${OUT:-/tmp/out}
@@ -95,6 +97,16 @@ case "${1:?part: e2e, gates, kernels or tiles}" in
       2>/dev/null | python3 bench/ncu_sum.py 2>/dev/null | head -40 | tee "$out/layers-ncu.txt"
     timeout 200 ncu --metrics gpu__time_duration.sum --csv python3 bench/profile_run.py prefill 4096 2>/dev/null \
       | python3 bench/ncu_sum.py 2>/dev/null | head -40 | tee "$out/layers-ncu-4096.txt"
+    ;;
+  ab)
+    # Alternating runs of the same script from the two trees on one warm GPU: compare only within this output.
+    [ -d exp/base/kernels ] || { echo "no base tree at exp/base" >&2; exit 2; }
+    for round in 1 2; do
+      for tree in exp/base .; do
+        echo "== round $round: $tree"
+        (cd "$tree" && PYTHONPATH=/tmp/site:$PWD timeout 120 python3 bench/gpu_phases.py 4096,16384 2>&1 | grep "^T=")
+      done
+    done 2>&1 | tee "$out/ab-phases.txt"
     ;;
   *) echo "unknown part $1" >&2; exit 2 ;;
 esac
