@@ -16,17 +16,14 @@ import mlx.core as mx
 import pytest
 
 from kernels import gpu
+from tests.kernels.emulator.cuda_emulate import SHAPE_STRUCT, cuda_kernel_text
 
 pytestmark = pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed")
 CUDA_TYPES = {"float32": "float", "bfloat16": "__nv_bfloat16", "float16": "__half", "int32": "int32_t"}
 STUB = """#include <cstdint>
 #include <cooperative_groups.h>
 #define uint uint_is_not_available_under_NVRTC
-struct Shape {  // mlx/backend/cuda/device/utils.cuh: cuda::std::array<int32_t, MAX_NDIM>
-  int32_t v[8];
-  __device__ const int32_t& operator[](int i) const { return v[i]; }
-};
-"""
+""" + SHAPE_STRUCT
 
 
 def cuda_text(body: str, in_types: dict[str, str], out_types: dict[str, str], template: dict) -> str:
@@ -38,19 +35,11 @@ def cuda_text(body: str, in_types: dict[str, str], out_types: dict[str, str], te
 
 
 def kernel_text(name: str, source: str, header: str, inputs, outputs, types: dict[str, str], template: dict) -> str:
-    """A kernel's source as MLX's `cuda_kernel` generates it around `source`, with `header` before it."""
-    params = []
-    for n in inputs:  # MLX adds `const __grid_constant__ Shape x_shape` after x when the source names it
-        params.append(f"    const {CUDA_TYPES[types[n]]}* {n}")
-        if f"{n}_shape" in source:
-            params.append(f"    const __grid_constant__ Shape {n}_shape")
-    params += [f"    {CUDA_TYPES[types[n]]}* {n}" for n in outputs]
-    consts = [f"  using {k} = {CUDA_TYPES[v]};" if isinstance(v, str)
-              else f"  constexpr bool {k} = {str(v).lower()};" if isinstance(v, bool)
-              else f"  constexpr int {k} = {v};" for k, v in template.items()]
-    return (STUB + header + "namespace mlx::core::cu {\n"
-            + f"__global__ void custom_kernel_{name}(\n" + ",\n".join(params) + ") {\n" + "\n".join(consts) + "\n"
-            + source + "\n}\n}\n")
+    """A kernel's source as MLX's `cuda_kernel` generates it for NVRTC (dtype names in `types` and as str template
+    values), with `header` before it."""
+    ctypes = {n: CUDA_TYPES[t] for n, t in types.items()}
+    consts = {k: CUDA_TYPES[v] if isinstance(v, str) else v for k, v in template.items()}
+    return cuda_kernel_text(name, source, header, inputs, outputs, ctypes, consts, STUB)
 
 
 SIZES = dict(DK=128, DV=128, HK=16, HV=16)

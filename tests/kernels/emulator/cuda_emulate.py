@@ -77,30 +77,41 @@ def _bits(a: mx.array) -> np.ndarray:
     return np.array(a)
 
 
+SHAPE_STRUCT = """struct Shape {  // mlx/backend/cuda/device/utils.cuh: cuda::std::array<int32_t, MAX_NDIM>
+  int32_t v[8];
+  __device__ const int32_t& operator[](int i) const { return v[i]; }
+};
+"""
+
+
+def cuda_kernel_text(name: str, source: str, header: str, inputs, outputs, types: dict[str, str],
+                     template: dict[str, str | bool | int], prefix: str) -> str:
+    """A kernel's source as MLX's `cuda_kernel` generates it around `source` (C types in `types`; a str template
+    value is a C type), with `prefix` (includes, the Shape struct) and `header` before it."""
+    params = []
+    for n in inputs:  # MLX adds `const __grid_constant__ Shape x_shape` after x when the source names it
+        params.append(f"    const {types[n]}* {n}")
+        if f"{n}_shape" in source:
+            params.append(f"    const __grid_constant__ Shape {n}_shape")
+    params += [f"    {types[n]}* {n}" for n in outputs]
+    consts = [f"  using {k} = {v};" if isinstance(v, str)
+              else f"  constexpr bool {k} = {str(v).lower()};" if isinstance(v, bool)
+              else f"  constexpr int {k} = {v};" for k, v in template.items()]
+    return (prefix + header + "namespace mlx::core::cu {\n"
+            + f"__global__ void custom_kernel_{name}(\n" + ",\n".join(params) + ") {\n" + "\n".join(consts) + "\n"
+            + source + "\n}\n}\n")
+
+
 def kernel_source(launch: Launch, types: dict[str, str]) -> str:
     """The kernel as MLX wraps it for NVRTC, with the CPU shim in front instead of the CUDA headers (dynamic shared
     memory becomes a static array of the launch's size: blocks run one at a time)."""
-    inputs, outputs, source = launch.input_names, launch.output_names, launch.source
+    source = launch.source
     if launch.shared:
         source = re.sub(r"extern __shared__ __align__\(16\) unsigned char (\w+)\[\];",
                         rf"__shared__ __align__(16) unsigned char \1[{launch.shared}];", source)
-    params = []
-    for n in inputs:
-        params.append(f"const {types[n]}* {n}")
-        if f"{n}_shape" in source:
-            params.append(f"const Shape {n}_shape")
-    params += [f"{types[n]}* {n}" for n in outputs]
-    consts = []
-    for k, v in launch.template:
-        if isinstance(v, mx.Dtype):
-            consts.append(f"using {k} = {CTYPES[v]};")
-        elif isinstance(v, bool):
-            consts.append(f"constexpr bool {k} = {str(v).lower()};")
-        else:
-            consts.append(f"constexpr int {k} = {v};")
-    return (f'#include "{HERE / "cuda_shim.h"}"\n' + launch.header
-            + "\nstruct Shape {\n  int32_t v[8];\n  const int32_t& operator[](int i) const { return v[i]; }\n};\n"
-            + "void custom_kernel(" + ", ".join(params) + ") {\n" + "\n".join(consts) + "\n" + source + "\n}\n")
+    template = {k: CTYPES[v] if isinstance(v, mx.Dtype) else v for k, v in launch.template}
+    return cuda_kernel_text(launch.name, source, launch.header, launch.input_names, launch.output_names, types,
+                            template, f'#include "{HERE / "cuda_shim.h"}"\n' + SHAPE_STRUCT)
 
 
 def driver_source(launch: Launch, types: dict[str, str], kernel: Path) -> str:
@@ -155,7 +166,7 @@ int main(int, char** argv) {{
             ds_block_barrier = &block;
             ds_w = warps[t / 32].get();
             ds_lane = static_cast<int>(t % 32);
-            custom_kernel({", ".join(args)});
+            mlx::core::cu::custom_kernel_{launch.name}({", ".join(args)});
           }});
         for (auto& th : threads) th.join();
       }}
