@@ -115,7 +115,8 @@ def _slot_floats(C: int, Dk: int, ws: int, kr: int, key_bytes: int) -> int:
 def _state_bytes(C: int, Dk: int, ws: int, kr: int, pad: int, nbuf: int, key_bytes: int = 2) -> int:
     """Threadgroup memory of the state pass (gdn_chunk_state.body): S and kdec R (rows padded by `pad` floats
     against bank conflicts) and the ring of `nbuf` round slots."""
-    return 4 * (Dk + C) * (STATE_TILE + pad) + 4 * nbuf * _slot_floats(C, Dk, ws, kr, key_bytes)
+    rp = STATE_TILE + 4 if key_bytes == 2 else STATE_TILE + pad  # kdec R's pitch (16-bit keys: ldmatrix order)
+    return 4 * (Dk * (STATE_TILE + pad) + C * rp) + 4 * nbuf * _slot_floats(C, Dk, ws, kr, key_bytes)
 
 
 def state_staging(backend: str, C: int, Dk: int, Dv: int, key_bytes: int = 2) -> tuple[int, int, int, int]:

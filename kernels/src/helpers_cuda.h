@@ -18,6 +18,21 @@ __device__ inline void ds_mma_tf32(float* c, const unsigned* a, const unsigned* 
       : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
+// ldmatrix (sm_75+): 8 x 8 matrices of 16-bit elements from shared memory, lane 8i + r giving row r's address of
+// matrix i; lane 4g + t receives elements (g, 2t), (g, 2t + 1) of each (.trans: (2t, g), (2t + 1, g)), packed.
+__device__ inline void ds_ldmatrix_x4(unsigned* r, const void* p) {
+  const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(p));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
+}
+__device__ inline void ds_ldmatrix_x2(unsigned* r, const void* p) {
+  const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(p));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];" : "=r"(r[0]), "=r"(r[1]) : "r"(a));
+}
+__device__ inline void ds_ldmatrix_x2_trans(unsigned* r, const void* p) {
+  const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(p));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];" : "=r"(r[0]), "=r"(r[1]) : "r"(a));
+}
 // 16 bytes from global to shared memory without passing through registers (cp.async, sm_80+): the copy runs
 // while the thread goes on; ds_async_commit closes a group, ds_async_wait_all waits for this thread's groups
 // (a barrier then publishes them to the block). valid = false writes zeros and reads nothing. A pointer off
@@ -102,6 +117,31 @@ __device__ inline void ds_copy16(D* q, const S* p) {
   *reinterpret_cast<uint4*>(q) = *reinterpret_cast<const uint4*>(p);
 }
 
+// How ds_mma_block fetches its A operand from shared memory (the product is the same; the k-steps' order
+// inside one mma may differ, which only moves fp32 rounding):
+//   DS_A_SCALAR  one 4-byte (or 2-byte) load per element, any strides;
+//   DS_A_ROWS32  fp32 rows (ak == 1, rows 16-byte aligned): one ldmatrix.x4 per 16 x 8 tile (8 x 8 b16 tiles
+//                of 32-bit pairs are 8 x 4 fp32 tiles in the m16n8k8 A layout);
+//   DS_A_ROWS16  16-bit rows (ak == 1, rows 16-byte aligned): one ldmatrix.x2 per tile, which hands lane 4g + t
+//                the pair (k = 2t, 2t + 1) of row g: k-slots paired (t -> 2t, t + 4 -> 2t + 1), B read in that order;
+//   DS_A_COLS16  16-bit A stored transposed (am == 1: A(m, k) = a[k * ak + m], rows of the store 16-byte
+//                aligned): one ldmatrix.x2.trans per tile, which hands lane 4g + t the pair (k = 2t, 2t + 1) of
+//                row g: the k-slots are paired (t -> 2t, t + 4 -> 2t + 1) and B is read in the same order.
+constexpr int DS_A_SCALAR = 0;
+constexpr int DS_A_ROWS32 = 1;
+constexpr int DS_A_COLS16 = 2;
+constexpr int DS_A_ROWS16 = 3;
+
+// The two 16-bit values of a packed pair as floats (little-endian: the first element is the low half).
+__device__ inline void ds_unpack_pair(unsigned v, const __nv_bfloat16*, float& lo, float& hi) {
+  lo = __uint_as_float(v << 16);
+  hi = __uint_as_float(v & 0xffff0000u);
+}
+__device__ inline void ds_unpack_pair(unsigned v, const __half*, float& lo, float& hi) {
+  lo = __half2float(__ushort_as_half(static_cast<unsigned short>(v & 0xffffu)));
+  hi = __half2float(__ushort_as_half(static_cast<unsigned short>(v >> 16)));
+}
+
 // One warp, one k-step of 8: acc (MT x NB tiles of 16 x 8, fp32) += A (16 MT x 8) B (8 x 8 NB), with
 // A(m, k) = a[m * am + k * ak], B(k, n) = b[k * bk + n * bn] in shared memory. acc[(mt * NB + nb) * 4 + e] holds,
 // for lane 4 g + t, C(16 mt + g + 8 (e / 2), 8 nb + 2 t + e % 2): PTX's m16n8k8 layout, which the Metal helper
@@ -109,18 +149,40 @@ __device__ inline void ds_copy16(D* q, const S* p) {
 // ~2^-22 relative, is dropped), each fragment split once and reused by MT x NB tiles. AEXACT / BEXACT: that
 // operand holds bf16 / fp16 values, exact in TF32, so its lo part is zero: 2 products per tile, or 1 if both.
 // FAST: plain TF32 (operands rounded to 10 mantissa bits, fp32 accumulation: what MLX's own fp32 matmuls do
-// on CUDA unless MLX_ENABLE_TF32=0): one product per tile.
-template <int MT, int NB, bool AEXACT, bool BEXACT, bool FAST = false, typename PA, typename PB>
+// on CUDA unless MLX_ENABLE_TF32=0): one product per tile. ALOAD: how A is fetched (DS_A_* above).
+template <int MT, int NB, bool AEXACT, bool BEXACT, bool FAST = false, int ALOAD = DS_A_SCALAR, typename PA,
+          typename PB>
 __device__ inline void ds_mma_block(float* acc, PA a, int am, int ak, PB b, int bk, int bn, int lane) {
   const int g = lane >> 2;
   const int t = lane & 3;
+  constexpr bool KP = ALOAD == DS_A_COLS16 || ALOAD == DS_A_ROWS16;  // k-slots paired: t -> 2t, t + 4 -> 2t + 1
   unsigned ah[MT][4], al[MT][4], bh[NB][2], bl[NB][2];
 #pragma unroll
   for (int m = 0; m < MT; ++m) {
-    const float v[4] = {static_cast<float>(a[(16 * m + g) * am + t * ak]),
-                        static_cast<float>(a[(16 * m + g + 8) * am + t * ak]),
-                        static_cast<float>(a[(16 * m + g) * am + (t + 4) * ak]),
-                        static_cast<float>(a[(16 * m + g + 8) * am + (t + 4) * ak])};
+    float v[4];
+    if constexpr (ALOAD == DS_A_ROWS32) {
+      // lanes 8i..8i+7 address matrix i: rows (i & 1) * 8 + 0..7, fp32 columns (i >> 1) * 4 .. + 3
+      unsigned r[4];
+      ds_ldmatrix_x4(r, a + (16 * m + (lane & 7) + ((lane >> 3) & 1) * 8) * am + (lane >> 4) * 4);
+      for (int e = 0; e < 4; ++e) v[e] = __uint_as_float(r[e]);
+    } else if constexpr (ALOAD == DS_A_ROWS16) {
+      // matrix 0: rows 0..7 (lanes 0..7 address them), matrix 1: rows 8..15; 8 16-bit columns k = 0..7 each
+      unsigned r[2];
+      ds_ldmatrix_x2(r, a + (16 * m + (lane & 7) + ((lane >> 3) & 1) * 8) * am);
+      ds_unpack_pair(r[0], a, v[0], v[2]);  // row g: k = 2t (slot t), 2t + 1 (slot t + 4)
+      ds_unpack_pair(r[1], a, v[1], v[3]);  // row g + 8
+    } else if constexpr (ALOAD == DS_A_COLS16) {
+      // matrix 0: stored rows k = 0..7, columns m = 0..7; matrix 1: columns m = 8..15 (lanes 8..15 address it)
+      unsigned r[2];
+      ds_ldmatrix_x2_trans(r, a + (lane & 7) * ak + 16 * m + ((lane >> 3) & 1) * 8);
+      ds_unpack_pair(r[0], a, v[0], v[2]);  // row g: k = 2t (slot t), 2t + 1 (slot t + 4)
+      ds_unpack_pair(r[1], a, v[1], v[3]);  // row g + 8
+    } else {
+      v[0] = static_cast<float>(a[(16 * m + g) * am + t * ak]);
+      v[1] = static_cast<float>(a[(16 * m + g + 8) * am + t * ak]);
+      v[2] = static_cast<float>(a[(16 * m + g) * am + (t + 4) * ak]);
+      v[3] = static_cast<float>(a[(16 * m + g + 8) * am + (t + 4) * ak]);
+    }
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
       if (AEXACT) {
@@ -136,8 +198,8 @@ __device__ inline void ds_mma_block(float* acc, PA a, int am, int ak, PB b, int 
   }
 #pragma unroll
   for (int n = 0; n < NB; ++n) {
-    const float v[2] = {static_cast<float>(b[t * bk + (8 * n + g) * bn]),
-                        static_cast<float>(b[(t + 4) * bk + (8 * n + g) * bn])};
+    const float v[2] = {static_cast<float>(b[(KP ? 2 * t : t) * bk + (8 * n + g) * bn]),
+                        static_cast<float>(b[(KP ? 2 * t + 1 : t + 4) * bk + (8 * n + g) * bn])};
 #pragma unroll
     for (int e = 0; e < 2; ++e) {
       if (BEXACT) {

@@ -42,7 +42,13 @@ inline void ds_unpack16(thread const ds_raw16& v, const device half*, thread flo
 // holds, for lane 4 g + t, C(16 mt + g + 8 (e / 2), 8 nb + 2 t + e % 2): the layout of the CUDA helper (PTX
 // m16n8k8), computed here with plain FMAs, k in order (AEXACT / BEXACT / FAST only matter to the CUDA form).
 // (simdgroup_matrix would be the Metal tensor path; it needs a Mac to validate, so it is not used yet.)
-template <int MT, int NB, bool AEXACT, bool BEXACT, bool FAST = false, typename Acc, typename PA, typename PB>
+// (ALOAD, how the CUDA form fetches A, does not change what is computed: ignored here.)
+static constant constexpr const int DS_A_SCALAR = 0;
+static constant constexpr const int DS_A_ROWS32 = 1;
+static constant constexpr const int DS_A_COLS16 = 2;
+static constant constexpr const int DS_A_ROWS16 = 3;
+template <int MT, int NB, bool AEXACT, bool BEXACT, bool FAST = false, int ALOAD = DS_A_SCALAR, typename Acc,
+          typename PA, typename PB>
 inline void ds_mma_block(Acc acc, PA a, int am, int ak, PB b, int bk, int bn, int lane) {
   const int g = lane >> 2;
   const int t = lane & 3;

@@ -1,7 +1,7 @@
 """The CUDA helpers' tensor-core block product, run on the CPU: helpers_cuda.h compiled by g++ against
-tests/kernels/emulator/ptx_shim.h (32 threads a warp; mma.sync as the PTX ISA lays out its fragments), for the
-operand layouts the kernels use, checked against a float64 product of the same values. A wrong fragment index
-is an O(1) error; rounding to TF32 is ~1e-3."""
+tests/kernels/emulator/ptx_shim.h (32 threads a warp; mma.sync and ldmatrix as the PTX ISA lays out their
+fragments), every way ds_mma_block fetches its A operand, checked against a float64 product of the same values.
+A wrong fragment index in a fetch path is an O(1) error; rounding to TF32 is ~1e-3."""
 
 from __future__ import annotations
 
@@ -16,13 +16,15 @@ from tests.kernels.emulator.emulate import HERE, REPO
 
 pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="g++ is not installed")
 
-# (name, A element type, A layout): W / P / T rows in fp32, Q / K rows and the keys read transposed, 16-bit
+# (name, A element type, A layout, ALOAD)
 MODES = [
-    ("fp32-rows", "float", "rows"),
-    ("bf16-rows", "__nv_bfloat16", "rows"),
-    ("fp16-rows", "__half", "rows"),
-    ("bf16-cols", "__nv_bfloat16", "cols"),
-    ("fp16-cols", "__half", "cols"),
+    ("scalar-fp32-rows", "float", "rows", "DS_A_SCALAR"),
+    ("scalar-bf16-cols", "__nv_bfloat16", "cols", "DS_A_SCALAR"),
+    ("ldmatrix-fp32-rows", "float", "rows", "DS_A_ROWS32"),
+    ("ldmatrix-bf16-rows", "__nv_bfloat16", "rows", "DS_A_ROWS16"),
+    ("ldmatrix-fp16-rows", "__half", "rows", "DS_A_ROWS16"),
+    ("ldmatrix-bf16-cols", "__nv_bfloat16", "cols", "DS_A_COLS16"),
+    ("ldmatrix-fp16-cols", "__half", "cols", "DS_A_COLS16"),
 ]
 HARNESS = r"""
 #include <cstdio>
@@ -33,7 +35,7 @@ HARNESS = r"""
 
 // C (16 MT x 8 NB, row-major) = A B through one warp's ds_mma_block;
 // A(m, k) = a[m am + k ak], B(k, n) = b[k bk + n bn].
-template <int MT, int NB, bool AE, bool FAST, typename TA>
+template <int MT, int NB, bool AE, bool FAST, int ALOAD, typename TA>
 void product(const TA* a, int am, int ak, const float* b, int bk, int bn, float* C) {{
   std::barrier<> bar(32);
   ds_warp w{{}};
@@ -44,7 +46,7 @@ void product(const TA* a, int am, int ak, const float* b, int bk, int bn, float*
       ds_w = &w;
       ds_lane = L;
       float acc[MT * NB * 4] = {{}};
-      ds_mma_block<MT, NB, AE, false, FAST>(acc, a, am, ak, b, bk, bn, L);
+      ds_mma_block<MT, NB, AE, false, FAST, ALOAD>(acc, a, am, ak, b, bk, bn, L);
       const int g = L >> 2, t = L & 3;
       for (int m = 0; m < MT; ++m)
         for (int n = 0; n < NB; ++n)
@@ -63,7 +65,7 @@ int main() {{
   std::FILE* f = std::fopen("{inputs}", "rb");
   if (std::fread(a, sizeof(a), 1, f) != 1 || std::fread(b, sizeof(b), 1, f) != 1) return 2;
   std::fclose(f);
-  product<MT, NB, {aexact}, {fast}>(a, {am}, {ak}, b, {bk}, {bn}, C);
+  product<MT, NB, {aexact}, {fast}, {aload}>(a, {am}, {ak}, b, {bk}, {bn}, C);
   f = std::fopen("{outputs}", "wb");
   std::fwrite(C, sizeof(C), 1, f);
   std::fclose(f);
@@ -119,7 +121,7 @@ def _stores(A, B, ctype: str, layout: str, b_transposed: bool):
 @pytest.mark.parametrize("fast", [False, True], ids=["3xTF32", "TF32"])
 @pytest.mark.parametrize("mode", MODES, ids=[m[0] for m in MODES])
 def test_block_product_matches_float64(tmp_path, mode, fast, b_transposed):
-    name, ctype, layout = mode
+    name, ctype, layout, aload = mode
     A, B = _operands(ctype, zlib.crc32(f"{name}-{fast}-{b_transposed}".encode()))
     a_bits, am, ak, b_bits, bk, bn = _stores(A, B, ctype, layout, b_transposed)
     inputs, outputs = tmp_path / "in.bin", tmp_path / "out.bin"
@@ -128,7 +130,7 @@ def test_block_product_matches_float64(tmp_path, mode, fast, b_transposed):
     src.write_text(HARNESS.format(
         shim=HERE / "ptx_shim.h", helpers=REPO / "kernels" / "src" / "helpers_cuda.h", ta=ctype,
         a_size=a_bits.size, b_size=b_bits.size, inputs=inputs, outputs=outputs,
-        aexact=str(ctype != "float").lower(), fast=str(fast).lower(), am=am, ak=ak, bk=bk, bn=bn,
+        aexact=str(ctype != "float").lower(), fast=str(fast).lower(), aload=aload, am=am, ak=ak, bk=bk, bn=bn,
         mt=MT, nb=NB))
     build = subprocess.run(["g++", "-std=c++20", "-O1", "-pthread", str(src), "-o", str(exe)], capture_output=True,
                            text=True)

@@ -102,6 +102,28 @@ inline void ds_mma_tf32(float* c, const unsigned* a, const unsigned* b) {
   w.bar->arrive_and_wait();  // every lane has read the operands
   for (int e = 0; e < 4; ++e) c[e] = out[e];
 }
+// ldmatrix.sync.aligned.m8n8.x{count}[.trans].shared.b16: lane 8 i + r gives the address of row r of matrix i;
+// lane 4 g + t gets, per matrix, elements (g, 2t), (g, 2t + 1) packed low | high (.trans: (2t, g), (2t + 1, g)).
+inline void ds_ldmatrix(unsigned* r, const void* p, int count, bool trans) {
+  ds_warp& w = *ds_w;
+  const int L = ds_lane;
+  w.addr[L] = p;
+  w.bar->arrive_and_wait();
+  const int g = L >> 2, t = L & 3;
+  for (int i = 0; i < count; ++i) {
+    uint16_t e[2];
+    for (int h = 0; h < 2; ++h) {
+      const uint16_t* row = static_cast<const uint16_t*>(w.addr[8 * i + (trans ? 2 * t + h : g)]);
+      e[h] = row[trans ? g : 2 * t + h];
+    }
+    r[i] = static_cast<unsigned>(e[0]) | (static_cast<unsigned>(e[1]) << 16);
+  }
+  w.bar->arrive_and_wait();
+}
+inline void ds_ldmatrix_x4(unsigned* r, const void* p) { ds_ldmatrix(r, p, 4, false); }
+inline void ds_ldmatrix_x2(unsigned* r, const void* p) { ds_ldmatrix(r, p, 2, false); }
+inline void ds_ldmatrix_x2_trans(unsigned* r, const void* p) { ds_ldmatrix(r, p, 2, true); }
+
 
 // cp.async, done synchronously here: the data is in shared memory when the call returns (the kernels' wait
 // and barrier then only order it, as on the GPU). valid = false writes zeros and reads nothing.
@@ -122,24 +144,9 @@ template <int N>
 inline void ds_async_wait() {}
 
 // The fused attention kernel's primitives (kernels/src/attention_cuda.h).
-// ldmatrix.sync.aligned.m8n8.x4[.trans].shared.b16: lane 8 i + r gives the address of row r of matrix i; lane
-// 4 g + t gets, per matrix, elements (g, 2t), (g, 2t + 1) packed low | high (.trans: (2t, g), (2t + 1, g)).
 template <bool TRANS>
 inline void fa_ldmatrix_x4(unsigned* r, const void* p) {
-  ds_warp& w = *ds_w;
-  const int L = ds_lane;
-  w.addr[L] = p;
-  w.bar->arrive_and_wait();
-  const int g = L >> 2, t = L & 3;
-  for (int i = 0; i < 4; ++i) {
-    uint16_t e[2];
-    for (int h = 0; h < 2; ++h) {
-      const uint16_t* row = static_cast<const uint16_t*>(w.addr[8 * i + (TRANS ? 2 * t + h : g)]);
-      e[h] = row[TRANS ? g : 2 * t + h];
-    }
-    r[i] = static_cast<unsigned>(e[0]) | (static_cast<unsigned>(e[1]) << 16);
-  }
-  w.bar->arrive_and_wait();
+  ds_ldmatrix(r, p, 4, TRANS);
 }
 // mma.sync.aligned.m16n8k16.row.col.f32.{bf16,f16}: A(r, k) is half k % 2 of register (r >= 8) + 2 (k >= 8)
 // of lane 4 (r % 8) + (k % 8) / 2; B(k, n) half k % 2 of register (k >= 8) of lane 4 n + (k % 8) / 2; C as
