@@ -20,6 +20,7 @@ import mlx.nn as nn
 from engine.cache import FixedKV, GDNCache, KVCache
 from kernels import gated_delta, gated_delta_decode, gated_delta_prologue
 from kernels.attention import causal_attention
+from kernels.norm import add_rms_norm
 from kernels.prologue import decay_and_beta
 
 SUPPORTED_MODEL_TYPES = ("qwen3_5_text", "qwen3_5")
@@ -290,8 +291,9 @@ class DecoderLayer(nn.Module):
 
     def __call__(self, x: mx.array, cache: GDNCache | KVCache) -> mx.array:
         mixer = self.linear_attn if self.is_linear else self.self_attn
-        h = x + mixer(self.input_layernorm(x), cache)
-        return h + self.mlp(self.post_attention_layernorm(h))
+        post = self.post_attention_layernorm  # the residual add and this norm: one kernel on GPUs
+        h, normed = add_rms_norm(x, mixer(self.input_layernorm(x), cache), post.weight, post.eps)
+        return h + self.mlp(normed)
 
 
 class TextModel(nn.Module):

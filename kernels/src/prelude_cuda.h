@@ -13,3 +13,4 @@
 #define DS_LOG(x) logf(x)
 #define DS_RSQRT(x) rsqrtf(x)
 #define DS_MAX(a, b) fmaxf(a, b)
+#define DS_BITS_FLOAT(i) __int_as_float(i)  // a float passed as its bits (template arguments are integers)

@@ -15,3 +15,4 @@
 #define DS_LOG(x) metal::log(x)
 #define DS_RSQRT(x) metal::rsqrt(x)
 #define DS_MAX(a, b) metal::max(a, b)
+#define DS_BITS_FLOAT(i) as_type<float>(i)  // a float passed as its bits (template arguments are integers)

@@ -2,10 +2,10 @@
 built by g++ against cuda_shim.h (one OS thread per GPU thread, a barrier per block, ptx_shim.h's warp
 primitives per 32 threads), optionally under ThreadSanitizer.
 
-`record_launches(fn)` runs `fn` with the kernel factories (`kernels.gpu.kernel`, `kernels.attention._kernel`)
-replaced by a recorder, so the launches come from the real planning code (templates, grids, chained
-intermediates) without a GPU; `run_launches` then executes them in order, feeding each kernel's emulated
-outputs to the launches that read them.
+`record_launches(fn)` runs `fn` with the kernel factories (`kernels.gpu.kernel`, `kernels.attention._kernel`,
+`kernels.norm._kernel`) replaced by a recorder, so the launches come from the real planning code (templates,
+grids, chained intermediates) without a GPU; `run_launches` then executes them in order, feeding each kernel's
+emulated outputs to the launches that read them.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 
-from kernels import attention, gpu
+from kernels import attention, gpu, norm
 
 HERE = Path(__file__).resolve().parent
 CTYPES = {mx.float32: "float", mx.bfloat16: "__nv_bfloat16", mx.float16: "__half", mx.int32: "int32_t"}
@@ -63,12 +63,17 @@ def record_launches(fn: Callable[[], object]) -> tuple[object, list[Launch]]:
         return recorder("attention", (("q", "k", "v"), ("out",)), gpu.read_source("attention_cuda.body"),
                         gpu.read_source("attention_cuda.h"), shared)
 
-    saved = gpu.kernel, attention._kernel
-    gpu.kernel, attention._kernel = gdn_kernel, attention_kernel
+    def norm_kernel(backend: str):
+        return recorder("add_rms_norm", (("x", "r", "w"), ("h", "y")),
+                        gpu.read_source("prelude_cuda.h") + gpu.read_source("add_rms_norm.body"),
+                        gpu.read_source("helpers_cuda.h"))
+
+    saved = gpu.kernel, attention._kernel, norm._kernel
+    gpu.kernel, attention._kernel, norm._kernel = gdn_kernel, attention_kernel, norm_kernel
     try:
         return fn(), launches
     finally:
-        gpu.kernel, attention._kernel = saved
+        gpu.kernel, attention._kernel, norm._kernel = saved
 
 
 def _bits(a: mx.array) -> np.ndarray:

@@ -1,0 +1,61 @@
+"""kernels.norm.add_rms_norm: the residual add and MLX's RMSNorm in one kernel. Its CUDA form runs on the CPU
+(tests/kernels/emulator/cuda_emulate.py) against MLX's own add and mx.fast.rms_norm; elsewhere it is those ops."""
+
+from __future__ import annotations
+
+import shutil
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from kernels import norm
+from tests.kernels.emulator.cuda_emulate import as_float, record_launches, run_launches
+from tests.numerics import assert_close_to_scale
+
+EPS = 1e-6
+
+
+def _inputs(rows: int, D: int, dtype: mx.Dtype, seed: int):
+    rng = np.random.default_rng(seed)
+    x, r = (mx.array(rng.normal(size=(1, rows, D)).astype(np.float32) * s).astype(dtype) for s in (1.0, 3.0))
+    w = mx.array(rng.uniform(0.5, 1.5, D).astype(np.float32)).astype(dtype)
+    return x, r, w
+
+
+def test_off_the_gpu_it_is_mlx_add_and_rms_norm():
+    x, r, w = _inputs(3, 200, mx.bfloat16, 1)
+    h, y = norm.add_rms_norm(x, r, w, EPS)
+    assert mx.array_equal(h, x + r).item() and mx.array_equal(y, mx.fast.rms_norm(x + r, w, EPS)).item()
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="g++ is not installed")
+@pytest.mark.parametrize("D", [1024, 200, 64], ids=lambda d: f"D{d}")  # the model's hidden size; ragged; small
+@pytest.mark.parametrize("dtype", [mx.bfloat16, mx.float16, mx.float32], ids=["bf16", "fp16", "fp32"])
+def test_cuda_form_matches_mlx_add_and_rms_norm(tmp_path, monkeypatch, dtype, D):
+    """h is MLX's add bit for bit; y is MLX's RMSNorm to within one rounding of the output (the sum of squares
+    is reduced in another order)."""
+    monkeypatch.setattr(norm, "gpu_backend", lambda: "cuda")
+    x, r, w = _inputs(5, D, dtype, D)
+    (h, y), launches = record_launches(lambda: norm.add_rms_norm(x, r, w, EPS))
+    results = run_launches(launches, tmp_path)
+    got_h, got_y = as_float(results[id(h)], dtype), as_float(results[id(y)], dtype)
+    ref_h = x + r
+    np.testing.assert_array_equal(got_h, np.array(ref_h.astype(mx.float32)))
+    ref_y = np.array(mx.fast.rms_norm(ref_h, w, EPS).astype(mx.float32))
+    rel = {mx.bfloat16: 8e-3, mx.float16: 1e-3, mx.float32: 1e-6}[dtype]
+    assert_close_to_scale("y", got_y, ref_y, rel=rel)
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed")
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float32"])
+def test_cuda_form_compiles_under_nvrtc_rules(tmp_path, dtype):
+    from kernels.gpu import read_source
+    from tests.kernels.test_cuda_compile import kernel_text, nvcc
+
+    text = kernel_text("add_rms_norm", read_source("prelude_cuda.h") + read_source("add_rms_norm.body"),
+                       read_source("helpers_cuda.h"), ("x", "r", "w"), ("h", "y"),
+                       dict.fromkeys(("x", "r", "w", "h", "y"), dtype),
+                       dict(OutT=dtype, D=1024, NT=norm.THREADS, EPS=0x358637BD))
+    r = nvcc(tmp_path, text)
+    assert r.returncode == 0, r.stderr[-3000:]
