@@ -59,3 +59,19 @@ def test_cuda_form_compiles_under_nvrtc_rules(tmp_path, dtype):
                        dict(OutT=dtype, D=1024, NT=norm.THREADS, EPS=0x358637BD))
     r = nvcc(tmp_path, text)
     assert r.returncode == 0, r.stderr[-3000:]
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="g++ is not installed")
+def test_metal_form_matches_mlx_add_and_rms_norm(tmp_path):
+    """The exact MSL MLX generates (fp32, D = 200: a ragged last round of threads), run by the Metal emulator."""
+    from tests.kernels.emulator.emulate import Emulator, extract_metal_sources
+
+    source = extract_metal_sources(dict(B=1, T=20, Hk=1, Hv=2, Dk=32, Dv=16, seed=1), 16, tmp_path)["add_rms_norm"]
+    x, r, w = _inputs(3, 200, mx.float32, 3)
+    bufs = {"x": np.array(x), "r": np.array(r), "w": np.array(w), "h": np.full((1, 3, 200), np.nan, np.float32),
+            "y": np.full((1, 3, 200), np.nan, np.float32)}
+    run = Emulator(source, tmp_path).run(bufs, (3, 1, 1), norm.THREADS)
+    assert run.returncode == 0, run.stderr
+    ref_h = x + r
+    np.testing.assert_array_equal(bufs["h"], np.array(ref_h))
+    assert_close_to_scale("y", bufs["y"], np.array(mx.fast.rms_norm(ref_h, w, EPS)), rel=1e-6)

@@ -36,7 +36,7 @@ TRACE_SCRIPT = textwrap.dedent(
     """
     import sys, mlx.core as mx
     sys.path.insert(0, {repo!r})
-    from kernels import gpu
+    from kernels import gpu, norm
     from tests.kernels.inputs import make_gdn_inputs
     if {plan!r} is not None:  # a forced state-pass staging plan (WS, KR, SPAD, NBUF)
         gpu.state_staging = lambda *a: {plan!r}
@@ -53,7 +53,12 @@ TRACE_SCRIPT = textwrap.dedent(
                 *gpu.decode(row, past, w, ab, ab, hv, hv, s, num_k_heads=Hk, head_k_dim=Dk, backend="metal",
                             verbose=True),
                 *gpu.prologue(mx.zeros((B, 5, cd)), past, w, num_k_heads=Hk, head_k_dim=Dk, num_v_heads=Hv,
-                              backend="metal", verbose=True)]
+                              backend="metal", verbose=True),
+                *norm._kernel("metal")(inputs=[mx.zeros((1, 3, 200))] * 2 + [mx.zeros((200,))],
+                                       output_shapes=[(1, 3, 200)] * 2, output_dtypes=[mx.float32] * 2,
+                                       grid=(3 * norm.THREADS, 1, 1), threadgroup=(norm.THREADS, 1, 1),
+                                       template=[("OutT", mx.float32), ("D", 200), ("NT", norm.THREADS),
+                                                 ("EPS", 0x358637BD)], verbose=True)]
     mx.export_function({out!r}, f, q, k, v, g, b, s)
     """
 )
@@ -70,7 +75,7 @@ def extract_metal_sources(shape: dict, chunk_size: int, workdir: Path, plan: tup
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     found = re.findall(r"Generated source code for `([^`]+)`:\n```\n(.*?)\n```", run.stdout, flags=re.S)
-    return {name.removeprefix("deltaserve_gdn_"): source for name, source in found}
+    return {name.removeprefix("deltaserve_gdn_").removeprefix("deltaserve_"): source for name, source in found}
 
 
 @dataclass
