@@ -290,10 +290,21 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = nn.RMSNorm(args.hidden_size, eps=args.rms_norm_eps)
 
     def __call__(self, x: mx.array, cache: GDNCache | KVCache) -> mx.array:
+        h, mlp_out = self.residual_step(x, None, cache)
+        return h + mlp_out
+
+    def residual_step(self, h: mx.array, pending: mx.array | None, cache: GDNCache | KVCache):
+        """The layer with its last residual add left to the caller: its input is h + pending (pending None: h),
+        its output h' + mlp_out, returned as (h', mlp_out). Each residual add is fused with the norm that reads
+        its sum (one kernel on GPUs), so TextModel passes mlp_out on to the next layer's input norm."""
+        inorm, post = self.input_layernorm, self.post_attention_layernorm
+        if pending is None:
+            x, normed = h, inorm(h)
+        else:
+            x, normed = add_rms_norm(h, pending, inorm.weight, inorm.eps)
         mixer = self.linear_attn if self.is_linear else self.self_attn
-        post = self.post_attention_layernorm  # the residual add and this norm: one kernel on GPUs
-        h, normed = add_rms_norm(x, mixer(self.input_layernorm(x), cache), post.weight, post.eps)
-        return h + self.mlp(normed)
+        h, normed = add_rms_norm(x, mixer(normed, cache), post.weight, post.eps)
+        return h, self.mlp(normed)
 
 
 class TextModel(nn.Module):
@@ -304,10 +315,12 @@ class TextModel(nn.Module):
         self.norm = nn.RMSNorm(args.hidden_size, eps=args.rms_norm_eps)
 
     def __call__(self, inputs: mx.array, cache: list) -> mx.array:
-        h = self.embed_tokens(inputs)
+        h, pending = self.embed_tokens(inputs), None
         for layer, c in zip(self.layers, cache, strict=True):
-            h = layer(h, c)
-        return self.norm(h)
+            h, pending = layer.residual_step(h, pending, c)
+        if pending is None:  # no layers
+            return self.norm(h)
+        return add_rms_norm(h, pending, self.norm.weight, self.norm.eps)[1]
 
 
 class Model(nn.Module):
