@@ -20,7 +20,7 @@ import mlx.nn as nn
 from engine.cache import FixedKV, GDNCache, KVCache
 from kernels import gated_delta, gated_delta_decode, gated_delta_prologue
 from kernels.attention import causal_attention
-from kernels.norm import add_rms_norm
+from kernels.norm import add_rms_norm, gated_rms_norm
 from kernels.prologue import decay_and_beta
 
 SUPPORTED_MODEL_TYPES = ("qwen3_5_text", "qwen3_5")
@@ -159,8 +159,8 @@ class RMSNormGated(nn.Module):
         self.eps = eps
 
     def __call__(self, x: mx.array, gate: mx.array) -> mx.array:
-        normed = mx.fast.rms_norm(x, None, self.eps)  # fp32 inside, x's dtype out
-        return _gated_tail(normed, self.weight, gate)
+        # rms_norm (fp32 inside, x's dtype out), then the tail: one kernel on GPUs
+        return gated_rms_norm(x, gate, self.weight, self.eps, _gated_tail)
 
 
 class GatedDeltaNet(FusedProjections):

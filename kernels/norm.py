@@ -1,7 +1,7 @@
-"""Residual add + RMSNorm in one kernel on GPUs (kernels/src/add_rms_norm.body): `h = x + r` and
-`mx.fast.rms_norm(h, w, eps)` computed as MLX computes them, in one launch instead of two. Decode is bound by
-launches (~400 a token on CUDA), and every decoder layer has one such pair. Elsewhere (the CPU, or shapes the
-kernel does not take) the two MLX ops run.
+"""Norms fused with their neighbours, one kernel each on GPUs instead of two MLX launches (decode is bound by
+launches: ~400 a token on CUDA). `add_rms_norm`: a residual add and the RMSNorm that reads its sum;
+`gated_rms_norm`: the GDN output's RMSNorm and its SiLU gate. Each computes what the MLX ops compute; elsewhere
+(the CPU, shapes a kernel does not take) those ops run.
 """
 
 from __future__ import annotations
@@ -17,12 +17,21 @@ THREADS = 256
 MAX_PER_THREAD = 16  # row elements a thread holds (D <= 4096)
 
 
+GATED_ROWS = 8  # head rows (32-thread groups) per threadgroup of gated_rms_norm
+BODIES = {"add_rms_norm": (("x", "r", "w"), ("h", "y")), "gated_rms_norm": (("x", "z", "w"), ("y",))}
+
+
 @functools.cache
-def _kernel(backend: str):
-    names = dict(name="deltaserve_add_rms_norm", input_names=["x", "r", "w"], output_names=["h", "y"],
-                 source=read_source(f"prelude_{backend}.h") + read_source("add_rms_norm.body"),
+def _kernel(backend: str, body: str = "add_rms_norm"):
+    inputs, outputs = BODIES[body]
+    names = dict(name=f"deltaserve_{body}", input_names=list(inputs), output_names=list(outputs),
+                 source=read_source(f"prelude_{backend}.h") + read_source(f"{body}.body"),
                  header=read_source(f"helpers_{backend}.h"))
     return mx.fast.metal_kernel(**names) if backend == "metal" else mx.fast.cuda_kernel(**names)
+
+
+def _bits(eps: float) -> int:
+    return struct.unpack("<i", struct.pack("<f", eps))[0]
 
 
 def add_rms_norm(x: mx.array, r: mx.array, weight: mx.array, eps: float) -> tuple[mx.array, mx.array]:
@@ -34,9 +43,23 @@ def add_rms_norm(x: mx.array, r: mx.array, weight: mx.array, eps: float) -> tupl
         h = x + r
         return h, mx.fast.rms_norm(h, weight, eps)
     rows = x.size // D
-    eps_bits = struct.unpack("<i", struct.pack("<f", eps))[0]
     h, y = _kernel(backend)(
         inputs=[x, r, weight], output_shapes=[x.shape, x.shape], output_dtypes=[x.dtype, x.dtype],
         grid=(rows * THREADS, 1, 1), threadgroup=(THREADS, 1, 1),
-        template=[("OutT", x.dtype), ("D", D), ("NT", THREADS), ("EPS", eps_bits)])
+        template=[("OutT", x.dtype), ("D", D), ("NT", THREADS), ("EPS", _bits(eps))])
     return h, y
+
+
+def gated_rms_norm(x: mx.array, gate: mx.array, weight: mx.array, eps: float, tail) -> mx.array:
+    """`tail(mx.fast.rms_norm(x, None, eps), weight, gate)` for x, gate [B, T, H, D] and the model's compiled
+    tail (weight * normed * silu(gate) in fp32, back to x's dtype), in one kernel on GPUs."""
+    backend = gpu_backend()
+    D = x.shape[-1]
+    if backend is None or x.ndim != 4 or gate.shape != x.shape or weight.shape != (D,) or D > 32 * 16 or x.size == 0:
+        return tail(mx.fast.rms_norm(x, None, eps), weight, gate)
+    rows = x.size // D
+    (y,) = _kernel(backend, "gated_rms_norm")(
+        inputs=[x, gate, weight], output_shapes=[x.shape], output_dtypes=[x.dtype],
+        grid=(-(-rows // GATED_ROWS) * 32 * GATED_ROWS, 1, 1), threadgroup=(32 * GATED_ROWS, 1, 1),
+        template=[("OutT", x.dtype), ("WT", weight.dtype), ("D", D), ("RPG", GATED_ROWS), ("EPS", _bits(eps))])
+    return y

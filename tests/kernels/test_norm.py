@@ -48,15 +48,17 @@ def test_cuda_form_matches_mlx_add_and_rms_norm(tmp_path, monkeypatch, dtype, D)
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed")
+@pytest.mark.parametrize("body", list(norm.BODIES))
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float32"])
-def test_cuda_form_compiles_under_nvrtc_rules(tmp_path, dtype):
+def test_cuda_form_compiles_under_nvrtc_rules(tmp_path, dtype, body):
     from kernels.gpu import read_source
     from tests.kernels.test_cuda_compile import kernel_text, nvcc
 
-    text = kernel_text("add_rms_norm", read_source("prelude_cuda.h") + read_source("add_rms_norm.body"),
-                       read_source("helpers_cuda.h"), ("x", "r", "w"), ("h", "y"),
-                       dict.fromkeys(("x", "r", "w", "h", "y"), dtype),
-                       dict(OutT=dtype, D=1024, NT=norm.THREADS, EPS=0x358637BD))
+    inputs, outputs = norm.BODIES[body]
+    template = (dict(OutT=dtype, D=1024, NT=norm.THREADS, EPS=0x358637BD) if body == "add_rms_norm"
+                else dict(OutT=dtype, WT=dtype, D=128, RPG=norm.GATED_ROWS, EPS=0x358637BD))
+    text = kernel_text(body, read_source("prelude_cuda.h") + read_source(f"{body}.body"), read_source("helpers_cuda.h"),
+                       inputs, outputs, dict.fromkeys(inputs + outputs, dtype), template)
     r = nvcc(tmp_path, text)
     assert r.returncode == 0, r.stderr[-3000:]
 
@@ -75,3 +77,39 @@ def test_metal_form_matches_mlx_add_and_rms_norm(tmp_path):
     ref_h = x + r
     np.testing.assert_array_equal(bufs["h"], np.array(ref_h))
     assert_close_to_scale("y", bufs["y"], np.array(mx.fast.rms_norm(ref_h, w, EPS)), rel=1e-6)
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="g++ is not installed")
+@pytest.mark.parametrize("wdtype", [mx.bfloat16, mx.float32], ids=["w-bf16", "w-fp32"])
+@pytest.mark.parametrize("dtype", [mx.bfloat16, mx.float32], ids=["bf16", "fp32"])
+def test_cuda_gated_norm_matches_the_model_ops(tmp_path, monkeypatch, dtype, wdtype):
+    """The GDN output's norm and gate (engine.model.RMSNormGated's ops: mx.fast.rms_norm, then the compiled
+    tail) against those ops run by MLX, for the model's head size and the weight's dtype either way."""
+    from engine.model import _gated_tail
+
+    monkeypatch.setattr(norm, "gpu_backend", lambda: "cuda")
+    rng = np.random.default_rng(4)
+    x, z = (mx.array(rng.normal(size=(1, 3, 5, 128)).astype(np.float32) * s).astype(dtype) for s in (0.3, 2.0))
+    w = mx.array(rng.uniform(0.5, 1.5, 128).astype(np.float32)).astype(wdtype)
+    (y,), launches = record_launches(lambda: [norm.gated_rms_norm(x, z, w, EPS, _gated_tail)])
+    assert [launch.name for launch in launches] == ["gated_rms_norm"]
+    got = as_float(run_launches(launches, tmp_path)[id(y)], dtype)
+    want = np.array(_gated_tail(mx.fast.rms_norm(x, None, EPS), w, z).astype(mx.float32))
+    assert_close_to_scale("y", got, want, rel=8e-3 if dtype == mx.bfloat16 else 1e-6)
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="g++ is not installed")
+def test_metal_gated_norm_matches_the_model_ops(tmp_path):
+    """The gated norm's MSL, as MLX generates it (fp32; 15 head rows: a partly idle last threadgroup), emulated."""
+    from engine.model import _gated_tail
+    from tests.kernels.emulator.emulate import Emulator, extract_metal_sources
+
+    source = extract_metal_sources(dict(B=1, T=20, Hk=1, Hv=2, Dk=32, Dv=16, seed=1), 16, tmp_path)["gated_rms_norm"]
+    rng = np.random.default_rng(6)
+    x, z = (rng.normal(size=(1, 3, 5, 128)).astype(np.float32) * s for s in (0.3, 2.0))
+    w = rng.uniform(0.5, 1.5, 128).astype(np.float32)
+    bufs = {"x": x, "z": z, "w": w, "y": np.full(x.shape, np.nan, np.float32)}
+    run = Emulator(source, tmp_path).run(bufs, (2, 1, 1), 32 * norm.GATED_ROWS)
+    assert run.returncode == 0, run.stderr
+    want = np.array(_gated_tail(mx.fast.rms_norm(mx.array(x), None, EPS), mx.array(w), mx.array(z)))
+    assert_close_to_scale("y", bufs["y"], want, rel=1e-6)

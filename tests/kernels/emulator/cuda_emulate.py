@@ -63,9 +63,8 @@ def record_launches(fn: Callable[[], object]) -> tuple[object, list[Launch]]:
         return recorder("attention", (("q", "k", "v"), ("out",)), gpu.read_source("attention_cuda.body"),
                         gpu.read_source("attention_cuda.h"), shared)
 
-    def norm_kernel(backend: str):
-        return recorder("add_rms_norm", (("x", "r", "w"), ("h", "y")),
-                        gpu.read_source("prelude_cuda.h") + gpu.read_source("add_rms_norm.body"),
+    def norm_kernel(backend: str, body: str = "add_rms_norm"):
+        return recorder(body, norm.BODIES[body], gpu.read_source("prelude_cuda.h") + gpu.read_source(f"{body}.body"),
                         gpu.read_source("helpers_cuda.h"))
 
     saved = gpu.kernel, attention._kernel, norm._kernel

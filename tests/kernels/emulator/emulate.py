@@ -58,7 +58,13 @@ TRACE_SCRIPT = textwrap.dedent(
                                        output_shapes=[(1, 3, 200)] * 2, output_dtypes=[mx.float32] * 2,
                                        grid=(3 * norm.THREADS, 1, 1), threadgroup=(norm.THREADS, 1, 1),
                                        template=[("OutT", mx.float32), ("D", 200), ("NT", norm.THREADS),
-                                                 ("EPS", 0x358637BD)], verbose=True)]
+                                                 ("EPS", 0x358637BD)], verbose=True),
+                *norm._kernel("metal", "gated_rms_norm")(
+                    inputs=[mx.zeros((1, 3, 5, 128))] * 2 + [mx.zeros((128,))], output_shapes=[(1, 3, 5, 128)],
+                    output_dtypes=[mx.float32], grid=(2 * 32 * norm.GATED_ROWS, 1, 1),
+                    threadgroup=(32 * norm.GATED_ROWS, 1, 1),
+                    template=[("OutT", mx.float32), ("WT", mx.float32), ("D", 128), ("RPG", norm.GATED_ROWS),
+                              ("EPS", 0x358637BD)], verbose=True)]
     mx.export_function({out!r}, f, q, k, v, g, b, s)
     """
 )
