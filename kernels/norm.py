@@ -7,18 +7,22 @@ launches: ~400 a token on CUDA). `add_rms_norm`: a residual add and the RMSNorm 
 from __future__ import annotations
 
 import functools
+import os
 import struct
 
 import mlx.core as mx
 
 from kernels.gpu import gpu_backend, read_source
 
+ENV = "DELTASERVE_NORM"  # "mlx": always MLX's two ops (for comparison)
 THREADS = 256
-MAX_PER_THREAD = 16  # row elements a thread holds (D <= 4096)
-
-
+MAX_PER_THREAD = 16  # row elements a thread of add_rms_norm holds (D <= 4096)
 GATED_ROWS = 8  # head rows (32-thread groups) per threadgroup of gated_rms_norm
 BODIES = {"add_rms_norm": (("x", "r", "w"), ("h", "y")), "gated_rms_norm": (("x", "z", "w"), ("y",))}
+
+
+def _backend() -> str | None:
+    return None if os.environ.get(ENV, "").strip().lower() == "mlx" else gpu_backend()
 
 
 @functools.cache
@@ -36,7 +40,7 @@ def _bits(eps: float) -> int:
 
 def add_rms_norm(x: mx.array, r: mx.array, weight: mx.array, eps: float) -> tuple[mx.array, mx.array]:
     """(h, y) = (x + r, rms_norm(x + r) * weight) over the last axis."""
-    backend = gpu_backend()
+    backend = _backend()
     D = x.shape[-1]
     if (backend is None or x.dtype != r.dtype or weight.dtype != x.dtype or x.shape != r.shape
             or weight.shape != (D,) or D > THREADS * MAX_PER_THREAD or x.size == 0):
@@ -53,7 +57,7 @@ def add_rms_norm(x: mx.array, r: mx.array, weight: mx.array, eps: float) -> tupl
 def gated_rms_norm(x: mx.array, gate: mx.array, weight: mx.array, eps: float, tail) -> mx.array:
     """`tail(mx.fast.rms_norm(x, None, eps), weight, gate)` for x, gate [B, T, H, D] and the model's compiled
     tail (weight * normed * silu(gate) in fp32, back to x's dtype), in one kernel on GPUs."""
-    backend = gpu_backend()
+    backend = _backend()
     D = x.shape[-1]
     if backend is None or x.ndim != 4 or gate.shape != x.shape or weight.shape != (D,) or D > 32 * 16 or x.size == 0:
         return tail(mx.fast.rms_norm(x, None, eps), weight, gate)

@@ -13,6 +13,7 @@
 #   bash tools/device-checks.sh loop     # a decode token's time: step vs token loop; our e2e rows + server TTFT
 #   bash tools/device-checks.sh tune     # MLX's kernels per CUDA graph: decode and prefill
 #   bash tools/device-checks.sh decode   # the compiled decode step's kernels under ncu; one layer's step, fused vs ops
+#   bash tools/device-checks.sh norm-ab  # the fused norms against MLX's ops: decode token time, alternating; gates
 #   bash tools/device-checks.sh ab       # GDN kernel phases of a base tree (exp/base: `git archive main | tar -x -C
 #                                        # exp/base`, carried untracked) against this tree's, alternating, one call
 set -uo pipefail
@@ -107,6 +108,20 @@ case "${1:?part: e2e, gates, kernels or tiles}" in
         (cd "$tree" && PYTHONPATH=/tmp/site:$PWD timeout 120 python3 bench/gpu_phases.py 4096,16384 2>&1 | grep "^T=")
       done
     done 2>&1 | tee "$out/ab-phases.txt"
+    ;;
+  norm-ab)
+    # The fused norms (kernels/norm.py) against MLX's two ops each, alternating in one call: a decode token's time
+    # and the e2e rows; then the model gates with the kernels on.
+    for round in 1 2; do
+      for mode in mlx fused; do
+        echo "== round $round: DELTASERVE_NORM=$mode"
+        DELTASERVE_NORM=$([ $mode = mlx ] && echo mlx || echo on) timeout 120 python3 bench/decode_loop.py \
+          --tokens 64 2>&1 | grep "|\|host"
+      done
+    done 2>&1 | tee "$out/norm-ab.txt"
+    timeout 240 python3 -m pytest -q --maxfail=5 -rf tests/kernels/test_norm.py tests/engine/test_parity.py \
+      tests/engine/test_decode.py tests/engine/test_generate.py tests/engine/test_chunked_model.py 2>&1 | tail -8 \
+      | tee "$out/norm-gates.txt"
     ;;
   *) echo "unknown part $1" >&2; exit 2 ;;
 esac

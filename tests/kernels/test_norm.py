@@ -23,9 +23,14 @@ def _inputs(rows: int, D: int, dtype: mx.Dtype, seed: int):
     return x, r, w
 
 
-def test_off_the_gpu_it_is_mlx_add_and_rms_norm():
+@pytest.mark.parametrize("where", ["cpu", "switched-off"])
+def test_off_the_gpu_or_switched_off_it_is_mlx_add_and_rms_norm(monkeypatch, where):
+    if where == "switched-off":  # DELTASERVE_NORM=mlx wins over a GPU backend
+        monkeypatch.setattr(norm, "gpu_backend", lambda: "cuda")
+        monkeypatch.setenv(norm.ENV, "mlx")
     x, r, w = _inputs(3, 200, mx.bfloat16, 1)
-    h, y = norm.add_rms_norm(x, r, w, EPS)
+    (h, y), launches = record_launches(lambda: norm.add_rms_norm(x, r, w, EPS))
+    assert launches == []
     assert mx.array_equal(h, x + r).item() and mx.array_equal(y, mx.fast.rms_norm(x + r, w, EPS)).item()
 
 
@@ -36,6 +41,7 @@ def test_cuda_form_matches_mlx_add_and_rms_norm(tmp_path, monkeypatch, dtype, D)
     """h is MLX's add bit for bit; y is MLX's RMSNorm to within one rounding of the output (the sum of squares
     is reduced in another order)."""
     monkeypatch.setattr(norm, "gpu_backend", lambda: "cuda")
+    monkeypatch.delenv(norm.ENV, raising=False)
     x, r, w = _inputs(5, D, dtype, D)
     (h, y), launches = record_launches(lambda: norm.add_rms_norm(x, r, w, EPS))
     results = run_launches(launches, tmp_path)
