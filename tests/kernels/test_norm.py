@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from kernels import norm
+from kernels.gpu import gpu_backend
 from tests.kernels.emulator.cuda_emulate import as_float, record_launches, run_launches
 from tests.numerics import assert_close_to_scale
 
@@ -28,10 +29,35 @@ def test_off_the_gpu_or_switched_off_it_is_mlx_add_and_rms_norm(monkeypatch, whe
     if where == "switched-off":  # DELTASERVE_NORM=mlx wins over a GPU backend
         monkeypatch.setattr(norm, "gpu_backend", lambda: "cuda")
         monkeypatch.setenv(norm.ENV, "mlx")
+    else:  # what the CPU gets, whatever this machine has
+        monkeypatch.setattr(norm, "gpu_backend", lambda: None)
     x, r, w = _inputs(3, 200, mx.bfloat16, 1)
     (h, y), launches = record_launches(lambda: norm.add_rms_norm(x, r, w, EPS))
     assert launches == []
     assert mx.array_equal(h, x + r).item() and mx.array_equal(y, mx.fast.rms_norm(x + r, w, EPS)).item()
+
+
+@pytest.mark.skipif(gpu_backend() is None, reason="needs a Metal or CUDA GPU backend")
+@pytest.mark.parametrize("D", [1024, 200, 4096], ids=lambda d: f"D{d}")
+@pytest.mark.parametrize("dtype", [mx.bfloat16, mx.float16, mx.float32], ids=["bf16", "fp16", "fp32"])
+def test_on_the_gpu_both_kernels_match_mlx_ops(monkeypatch, dtype, D):
+    """The kernels on this machine's GPU against MLX's ops on it: many rows (more blocks than SMs), the model's
+    hidden size, a ragged one and the largest a thread row takes; the gated norm at the model's head size."""
+    from engine.model import _gated_tail
+
+    monkeypatch.delenv(norm.ENV, raising=False)
+    x, r, w = _inputs(1000, D, dtype, 7)
+    h, y = norm.add_rms_norm(x, r, w, EPS)
+    assert mx.array_equal(h, x + r).item()
+    rel = {mx.bfloat16: 8e-3, mx.float16: 1e-3, mx.float32: 1e-6}[dtype]
+    assert_close_to_scale("y", np.array(y.astype(mx.float32)),
+                          np.array(mx.fast.rms_norm(x + r, w, EPS).astype(mx.float32)), rel=rel)
+    xg, zg = (mx.array(np.random.default_rng(8).normal(size=(2, 37, 16, 128)).astype(np.float32) * s).astype(dtype)
+              for s in (0.3, 2.0))
+    wg = w[:128]
+    got = norm.gated_rms_norm(xg, zg, wg, EPS, _gated_tail)
+    want = _gated_tail(mx.fast.rms_norm(xg, None, EPS), wg, zg)
+    assert_close_to_scale("gated", np.array(got.astype(mx.float32)), np.array(want.astype(mx.float32)), rel=rel)
 
 
 @pytest.mark.skipif(shutil.which("g++") is None, reason="g++ is not installed")
