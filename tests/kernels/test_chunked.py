@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import kernels.chunked as ck
-from kernels import gated_delta, gpu
+from kernels import gated_delta
 from tests.kernels import oracle
 from tests.kernels.inputs import DECAYS, make_gdn_inputs
 from tests.numerics import assert_close, assert_close_to_scale
@@ -64,8 +64,9 @@ def test_chunked_matches_serial(case):
     out, state = _chunked(args, C)
     ref_out, ref_state = gated_delta(*args, method="serial")
     assert out.dtype == args[2].dtype and state.dtype == mx.float32
-    # outside the gated sizes (16/32/64): GPU kernels stop at 64, the ops fallback measured 3e-5 on an H200
-    state_rel = 1e-4 if C == 128 and gpu.gpu_backend() else REL
+    # outside the gated sizes (16/32/64): GPU kernels stop at 64, and the ops path's substitution over 128 rows
+    # carries more fp32 rounding (measured up to 3e-5 on an H200, 1.4e-5 on the CPU)
+    state_rel = 1e-4 if C == 128 else REL
     rel = max(state_rel, REL if kw.get("dtype", mx.float32) == mx.float32 else 1e-2)  # bf16 output rounding
     assert_close_to_scale(f"out (seed {seed})", np.array(out.astype(mx.float32)),
                           np.array(ref_out.astype(mx.float32)), rel=rel)
@@ -101,8 +102,12 @@ def test_each_stage_matches_the_oracle_stage():
     S0 = s0.reshape(1, 2, m, 16, 32).swapaxes(-1, -2)
     R, starts, _ = ck.chunk_states(U, W, kc, G, S0)
     out = ck.chunk_outputs(qc, kc, G, D, starts, R)
+    # D = exp(G_i - G_j): its relative error is the absolute error of G_i - G_j, and fp32 cumulative gates carry
+    # about eps32 |G| each (|G| reaches ~200 in these inputs), on top of exp's own rounding
+    rtol_d = 1e-5 + 2 * np.finfo(np.float32).eps * float(np.abs(o["G"]).max())
     for name, mine in [("G", G), ("D", D), ("U", U), ("W", W), ("R", R), ("starts", starts), ("O", out)]:
-        assert_close(f"stage {name} (seed {seed})", _stage_layout(mine, Hv), o[name], atol=1e-6, rtol=1e-5)
+        assert_close(f"stage {name} (seed {seed})", _stage_layout(mine, Hv), o[name], atol=1e-6,
+                     rtol=rtol_d if name == "D" else 1e-5)
 
 
 @pytest.mark.parametrize("C", [16, 32, 64, 128], ids=lambda c: f"C{c}")
