@@ -6,10 +6,10 @@ compared (gates below the table).
 
 Prefill: median over `--runs` of a prompt of T random byte-token ids from an empty cache to the last
 position's log-probabilities, state materialised (after `--warmup` unmeasured runs). Decode: tokens per second
-after the first token for a prompt of `--decode-context` tokens (mlx-lm's generation_tps definition), each
-system in its own generation loop (ours: `engine.generate.generate_step`, the server's; mlx-lm:
-`mlx_lm.generate.generate_step`; transformers: a greedy loop over its cache, no host sync per token). Peak
-GPU memory: MLX's / PyTorch's peak allocation counters over each system's measurements.
+after the first token for a prompt of `--decode-context` tokens (mlx-lm's generation_tps definition; median
+over `--runs` generations), each system in its own generation loop (ours: `engine.generate.generate_step`, the
+server's; mlx-lm: `mlx_lm.generate.generate_step`; transformers: a greedy loop over its cache, no host sync per
+token). Peak GPU memory: MLX's / PyTorch's peak allocation counters over each system's measurements.
 
 Usage: python bench/e2e_gpu.py [--model demo-0.8b] [--contexts 512,2048,8192] [--systems ours,transformers,mlx-lm]
 """
@@ -73,14 +73,18 @@ def log_softmax(x: np.ndarray) -> np.ndarray:
     return x - m - np.log(np.exp(x - m).sum())
 
 
-def decode_rate(tokens: Callable[[], object], n: int) -> float:
-    """Tokens per second after the first of `n` yielded by the generator `tokens()`."""
-    gen = iter(tokens())
-    next(gen)
-    t0 = time.perf_counter()
-    count = sum(1 for _ in gen)
-    assert count == n - 1, count
-    return count / (time.perf_counter() - t0)
+def decode_rate(tokens: Callable[[], object], n: int, runs: int = 1) -> float:
+    """Median over `runs` generations of the tokens per second after the first of `n` yielded by the generator
+    `tokens()` (one generation of 64 tokens is ~0.2 s: host hiccups move a single reading by 30%)."""
+    rates = []
+    for _ in range(runs):
+        gen = iter(tokens())
+        next(gen)
+        t0 = time.perf_counter()
+        count = sum(1 for _ in gen)
+        assert count == n - 1, count
+        rates.append(count / (time.perf_counter() - t0))
+    return statistics.median(rates)
 
 
 def fresh_mlx_memory() -> str:
@@ -119,7 +123,7 @@ def run_ours(path: Path, dtype: mx.Dtype, args, method: str) -> Result:
 
     if args.decode_tokens > 1:
         decode_rate(lambda: tokens(4), 4)  # compiles the decode kernels
-        res.decode_tps = decode_rate(lambda: tokens(args.decode_tokens), args.decode_tokens)
+        res.decode_tps = decode_rate(lambda: tokens(args.decode_tokens), args.decode_tokens, args.runs)
     res.peak_gb = mx.get_peak_memory() / 1e9
     mx.clear_cache()
     return res
@@ -150,7 +154,7 @@ def run_mlx_lm(path: Path, args) -> Result | None:
     if args.decode_tokens > 1:
         ids = mx.array(prompt(args.decode_context))
         res.decode_tps = decode_rate(lambda: lm_generate_step(ids, model, max_tokens=args.decode_tokens),
-                                     args.decode_tokens)
+                                     args.decode_tokens, args.runs)
     res.peak_gb = mx.get_peak_memory() / 1e9
     mx.clear_cache()
     return res
@@ -194,7 +198,7 @@ def run_transformers(path: Path, dtype: mx.Dtype, args) -> Result | None:
 
         if args.decode_tokens > 1:
             decode_rate(lambda: tokens(4), 4)
-            res.decode_tps = decode_rate(lambda: tokens(args.decode_tokens), args.decode_tokens)
+            res.decode_tps = decode_rate(lambda: tokens(args.decode_tokens), args.decode_tokens, args.runs)
     if device == "cuda":
         res.peak_gb = torch.cuda.max_memory_allocated() / 1e9
     return res
