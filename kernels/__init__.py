@@ -50,8 +50,7 @@ def gated_delta(
     """Run the GDN core over T tokens.
 
     q, k [B, T, Hk, Dk] (l2-normalised, q scaled by Dk^-1/2); v [B, T, Hv, Dv]; g fp32 log decay [B, T, Hv];
-    beta fp32 [B, T, Hv]; state fp32 [B, Hv, Dv, Dk]. Returns (out [B, T, Hv, Dv] in v's dtype, fp32 from the
-    serial ops path; new state).
+    beta fp32 [B, T, Hv]; state fp32 [B, Hv, Dv, Dk]. Returns (out [B, T, Hv, Dv] in v's dtype; new state).
     `method="chunked"` runs the chunkwise-parallel form with `chunk_size` tokens per chunk.
     """
     if method not in METHODS:

@@ -36,12 +36,13 @@ def gated_delta_serial(
     """Token-by-token recurrence (`chunk_size` is accepted for a uniform signature and ignored).
 
     q, k [B, T, Hk, Dk] (normalised, q scaled); v [B, T, Hv, Dv]; g (log decay) and beta [B, T, Hv] fp32;
-    state [B, Hv, Dv, Dk] fp32. Returns (out [B, T, Hv, Dv] fp32, new state fp32). (The other paths return v's
-    dtype; returning it here too changes bf16 model numerics on the CPU, see docs/BENCHMARKS.md's notes.)
+    state [B, Hv, Dv, Dk] fp32. Returns (out [B, T, Hv, Dv] in v's dtype, as every path does, and as
+    transformers' bf16 model rounds its core output; new state fp32). The recurrence itself runs in fp32.
     """
     groups = v.shape[2] // k.shape[2]
     if groups > 1:  # value head h reads key head h // groups
         q, k = mx.repeat(q, groups, axis=2), mx.repeat(k, groups, axis=2)
+    out_dtype = v.dtype
     q, k, v = (x.astype(mx.float32) for x in (q, k, v))
     decay = mx.exp(g.astype(mx.float32))
     beta = beta.astype(mx.float32)
@@ -50,4 +51,4 @@ def gated_delta_serial(
         o, state = _step(state, q[:, t], k[:, t], v[:, t], decay[:, t], beta[:, t])
         outs.append(o)
     out = mx.stack(outs, axis=1) if outs else mx.zeros(v.shape, mx.float32)
-    return out.astype(v.dtype), state
+    return out.astype(out_dtype), state

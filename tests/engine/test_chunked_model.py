@@ -74,3 +74,40 @@ def test_softplus_overflow_stays_finite_on_both_paths(model_and_reference):
         gdn.dt_bias = saved
     assert np.isfinite(chunked).all() and np.isfinite(serial).all()
     assert_close_to_scale("logits", chunked, serial, rel=REL)
+
+
+@pytest.mark.parametrize("method", ["serial", "chunked"])
+def test_a_bf16_model_keeps_bf16_through_layers_and_caches(tmp_path, method):
+    """As transformers does in bf16: every layer's output, the hidden state, the KV and conv caches stay bf16
+    after a prefill on either GDN path and after decode steps (an fp32 core output would promote the residual
+    stream, the KV cache and every later matmul; only the recurrent state is fp32)."""
+    from engine.decode import compiled_decode
+    from engine.model import DecoderLayer
+
+    make_checkpoint(tmp_path, seed=5, linear_num_value_heads=4, linear_key_head_dim=32, linear_value_head_dim=16)
+    model = load_model(tmp_path, mx.bfloat16)
+    seen: list[mx.Dtype] = []
+    original = DecoderLayer.residual_step
+
+    def spy(self, h, pending, cache):
+        out = original(self, h, pending, cache)
+        seen.extend(x.dtype for x in out)
+        return out
+
+    cache = model.make_cache()
+    set_gdn_path(cache, method, 16)
+    ids = mx.array([[int(i) for i in np.random.default_rng(5).integers(0, model.args.vocab_size, 40)]])
+    DecoderLayer.residual_step = spy
+    try:
+        hidden = model.hidden(ids, cache)
+        step = compiled_decode(model)
+        for token in (3, 4):
+            step(mx.array([token]), cache)
+    finally:
+        DecoderLayer.residual_step = original
+    assert hidden.dtype == mx.bfloat16 and set(seen) == {mx.bfloat16}, set(seen)
+    for c in cache:
+        arrays = [c.conv_state] if hasattr(c, "conv_state") else [c.keys, c.values]
+        assert {a.dtype for a in arrays} == {mx.bfloat16}, type(c).__name__
+        if hasattr(c, "state"):
+            assert c.state.dtype == mx.float32
