@@ -14,6 +14,7 @@
 #   bash tools/device-checks.sh tune     # MLX's kernels per CUDA graph: decode and prefill
 #   bash tools/device-checks.sh decode   # the compiled decode step's kernels under ncu; one layer's step, fused vs ops
 #   bash tools/device-checks.sh norm-ab  # the fused norms against MLX's ops: decode token time, alternating
+#   bash tools/device-checks.sh ttft-gil # server TTFT with CPython's GIL switch interval lowered (5 / 1 / 0.2 ms)
 #   bash tools/device-checks.sh ab       # GDN kernel phases of a base tree (exp/base: `git archive main | tar -x -C
 #                                        # exp/base`, carried untracked) against this tree's, alternating, one call
 set -uo pipefail
@@ -119,6 +120,18 @@ case "${1:?part: e2e, gates, kernels or tiles}" in
           --tokens 64 2>&1 | grep "|\|host"
       done
     done 2>&1 | tee "$out/norm-ab.txt"
+    ;;
+  ttft-gil)
+    # Is the server's first token held back by the GIL (the worker thread building and submitting the next decode
+    # step while the event loop waits to send)? The same TTFT run with CPython's switch interval (5 ms by default)
+    # lowered through a sitecustomize on the server's PYTHONPATH; no product change. Compare the server lines.
+    for swi in default 0.001 0.0002; do
+      dir=/tmp/swi-$swi && mkdir -p $dir
+      [ $swi = default ] && : > $dir/sitecustomize.py || echo "import sys; sys.setswitchinterval($swi)" > $dir/sitecustomize.py
+      echo "== switch interval $swi"
+      PYTHONPATH=$dir:$PYTHONPATH timeout 120 python3 bench/e2e_gpu.py --systems ours --contexts 2048 --runs 7 \
+        --decode-tokens 2 --server-ttft 2048 2>&1 | grep "^server"
+    done 2>&1 | tee "$out/ttft-gil.txt"
     ;;
   *) echo "unknown part $1" >&2; exit 2 ;;
 esac
