@@ -39,8 +39,11 @@ def test_chunked_matches_float64_oracle(length, C):
     ref, args = make_gdn_inputs(**DEFAULT, T=LENGTHS[length](C), seed=seed)
     out, state = _chunked(args, C)
     ref_out, ref_state = oracle.serial(*ref)
-    assert_close_to_scale(f"out (seed {seed})", np.array(out), ref_out, rel=REL)
-    assert_close_to_scale(f"state (seed {seed})", np.array(state), ref_state, rel=REL)
+    # fp32 rounding in a chunk's solve and products sums over C terms: over 150 seeds at T = 1009 the worst was
+    # 2.3e-6 / 4.8e-6 / 1.1e-5 at C = 16 / 32 / 64 (and 1.2e-5 once in CI-like reruns at C = 64)
+    rel = REL * C / 16
+    assert_close_to_scale(f"out (seed {seed})", np.array(out), ref_out, rel=rel)
+    assert_close_to_scale(f"state (seed {seed})", np.array(state), ref_state, rel=rel)
 
 
 SHAPES = {  # one axis at a time from DEFAULT, T = 2C+3 with C = 32
