@@ -80,15 +80,24 @@ def read_source(name: str) -> str:
     return resources.files("kernels.src").joinpath(name).read_text()
 
 
+def kernel_sources(backend: str, body_file: str) -> tuple[str, str]:
+    """(source, header) of a kernel body as MLX compiles it on `backend`: the prelude then the body, and the
+    helpers header."""
+    return read_source(f"prelude_{backend}.h") + read_source(body_file), read_source(f"helpers_{backend}.h")
+
+
+def build_kernel(backend: str, name: str, body_file: str, inputs, outputs):
+    """An MLX custom-kernel object (`deltaserve_<name>`) for one body file on one backend."""
+    source, header = kernel_sources(backend, body_file)
+    factory = mx.fast.metal_kernel if backend == "metal" else mx.fast.cuda_kernel
+    return factory(name=f"deltaserve_{name}", input_names=list(inputs), output_names=list(outputs), source=source,
+                   header=header)
+
+
 @functools.cache
 def kernel(backend: str, body: str):
-    """The MLX custom-kernel object for one body on one backend (built on first use)."""
-    inputs, outputs = BODIES[body]
-    source = read_source(f"prelude_{backend}.h") + read_source(f"gdn_{body}.body")
-    header = read_source(f"helpers_{backend}.h")
-    factory = mx.fast.metal_kernel if backend == "metal" else mx.fast.cuda_kernel
-    return factory(name=f"deltaserve_gdn_{body}", input_names=list(inputs), output_names=list(outputs),
-                   source=source, header=header)
+    """The MLX custom-kernel object for one GDN body on one backend (built on first use)."""
+    return build_kernel(backend, f"gdn_{body}", f"gdn_{body}.body", *BODIES[body])
 
 
 def _sizes(q: mx.array, v: mx.array) -> list[tuple[str, int]]:

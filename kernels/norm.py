@@ -12,11 +12,11 @@ import struct
 
 import mlx.core as mx
 
-from kernels.gpu import gpu_backend, read_source
+from kernels.gpu import build_kernel, gpu_backend
 
 ENV = "DELTASERVE_NORM"  # "mlx": always MLX's two ops (for comparison)
 THREADS = 256
-MAX_PER_THREAD = 16  # row elements a thread of add_rms_norm holds (D <= 4096)
+MAX_PER_THREAD = 16  # row elements a thread holds: D <= 4096 (add_rms_norm), D <= 512 (gated_rms_norm)
 GATED_ROWS = 8  # head rows (32-thread groups) per threadgroup of gated_rms_norm
 BODIES = {"add_rms_norm": (("x", "r", "w"), ("h", "y")), "gated_rms_norm": (("x", "z", "w"), ("y",))}
 
@@ -27,11 +27,7 @@ def _backend() -> str | None:
 
 @functools.cache
 def _kernel(backend: str, body: str = "add_rms_norm"):
-    inputs, outputs = BODIES[body]
-    names = dict(name=f"deltaserve_{body}", input_names=list(inputs), output_names=list(outputs),
-                 source=read_source(f"prelude_{backend}.h") + read_source(f"{body}.body"),
-                 header=read_source(f"helpers_{backend}.h"))
-    return mx.fast.metal_kernel(**names) if backend == "metal" else mx.fast.cuda_kernel(**names)
+    return build_kernel(backend, body, f"{body}.body", *BODIES[body])
 
 
 def _bits(eps: float) -> int:
@@ -59,7 +55,8 @@ def gated_rms_norm(x: mx.array, gate: mx.array, weight: mx.array, eps: float, ta
     tail (weight * normed * silu(gate) in fp32, back to x's dtype), in one kernel on GPUs."""
     backend = _backend()
     D = x.shape[-1]
-    if backend is None or x.ndim != 4 or gate.shape != x.shape or weight.shape != (D,) or D > 32 * 16 or x.size == 0:
+    if (backend is None or x.ndim != 4 or gate.shape != x.shape or weight.shape != (D,) or D > 32 * MAX_PER_THREAD
+            or x.size == 0):
         return tail(mx.fast.rms_norm(x, None, eps), weight, gate)
     rows = x.size // D
     (y,) = _kernel(backend, "gated_rms_norm")(

@@ -77,7 +77,7 @@ def test_softplus_overflow_stays_finite_on_both_paths(model_and_reference):
 
 
 @pytest.mark.parametrize("method", ["serial", "chunked"])
-def test_a_bf16_model_keeps_bf16_through_layers_and_caches(tmp_path, method):
+def test_a_bf16_model_keeps_bf16_through_layers_and_caches(tmp_path, monkeypatch, method):
     """As transformers does in bf16: every layer's output, the hidden state, the KV and conv caches stay bf16
     after a prefill on either GDN path and after decode steps (an fp32 core output would promote the residual
     stream, the KV cache and every later matmul; only the recurrent state is fp32)."""
@@ -97,14 +97,11 @@ def test_a_bf16_model_keeps_bf16_through_layers_and_caches(tmp_path, method):
     cache = model.make_cache()
     set_gdn_path(cache, method, 16)
     ids = mx.array([[int(i) for i in np.random.default_rng(5).integers(0, model.args.vocab_size, 40)]])
-    DecoderLayer.residual_step = spy
-    try:
-        hidden = model.hidden(ids, cache)
-        step = compiled_decode(model)
-        for token in (3, 4):
-            step(mx.array([token]), cache)
-    finally:
-        DecoderLayer.residual_step = original
+    monkeypatch.setattr(DecoderLayer, "residual_step", spy)
+    hidden = model.hidden(ids, cache)
+    step = compiled_decode(model)
+    for token in (3, 4):
+        step(mx.array([token]), cache)
     assert hidden.dtype == mx.bfloat16 and set(seen) == {mx.bfloat16}, set(seen)
     for c in cache:
         arrays = [c.conv_state] if hasattr(c, "conv_state") else [c.keys, c.values]

@@ -29,9 +29,8 @@ STUB = """#include <cstdint>
 def cuda_text(body: str, in_types: dict[str, str], out_types: dict[str, str], template: dict) -> str:
     """One GDN body as MLX's `cuda_kernel` wraps it (prelude + body, GDN helpers as the header)."""
     inputs, outputs = gpu.BODIES[body]
-    source = gpu.read_source("prelude_cuda.h") + gpu.read_source(f"gdn_{body}.body")
-    return kernel_text(body, source, gpu.read_source("helpers_cuda.h"), inputs, outputs, in_types | out_types,
-                       template)
+    return kernel_text(body, *gpu.kernel_sources("cuda", f"gdn_{body}.body"), inputs, outputs,
+                       in_types | out_types, template)
 
 
 def kernel_text(name: str, source: str, header: str, inputs, outputs, types: dict[str, str], template: dict) -> str:

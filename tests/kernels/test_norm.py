@@ -83,14 +83,14 @@ def test_cuda_form_matches_mlx_add_and_rms_norm(tmp_path, monkeypatch, dtype, D)
 @pytest.mark.parametrize("body", list(norm.BODIES))
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float32"])
 def test_cuda_form_compiles_under_nvrtc_rules(tmp_path, dtype, body):
-    from kernels.gpu import read_source
+    from kernels.gpu import kernel_sources
     from tests.kernels.test_cuda_compile import kernel_text, nvcc
 
     inputs, outputs = norm.BODIES[body]
     template = (dict(OutT=dtype, D=1024, NT=norm.THREADS, EPS=0x358637BD) if body == "add_rms_norm"
                 else dict(OutT=dtype, WT=dtype, D=128, RPG=norm.GATED_ROWS, EPS=0x358637BD))
-    text = kernel_text(body, read_source("prelude_cuda.h") + read_source(f"{body}.body"), read_source("helpers_cuda.h"),
-                       inputs, outputs, dict.fromkeys(inputs + outputs, dtype), template)
+    text = kernel_text(body, *kernel_sources("cuda", f"{body}.body"), inputs, outputs,
+                       dict.fromkeys(inputs + outputs, dtype), template)
     r = nvcc(tmp_path, text)
     assert r.returncode == 0, r.stderr[-3000:]
 

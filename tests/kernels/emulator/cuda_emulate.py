@@ -56,16 +56,14 @@ def record_launches(fn: Callable[[], object]) -> tuple[object, list[Launch]]:
         return launch
 
     def gdn_kernel(backend: str, body: str, *_):
-        return recorder(body, gpu.BODIES[body], gpu.read_source("prelude_cuda.h") + gpu.read_source(f"gdn_{body}.body"),
-                        gpu.read_source("helpers_cuda.h"))
+        return recorder(body, gpu.BODIES[body], *gpu.kernel_sources("cuda", f"gdn_{body}.body"))
 
     def attention_kernel(shared: int):
         return recorder("attention", (("q", "k", "v"), ("out",)), gpu.read_source("attention_cuda.body"),
                         gpu.read_source("attention_cuda.h"), shared)
 
     def norm_kernel(backend: str, body: str = "add_rms_norm"):
-        return recorder(body, norm.BODIES[body], gpu.read_source("prelude_cuda.h") + gpu.read_source(f"{body}.body"),
-                        gpu.read_source("helpers_cuda.h"))
+        return recorder(body, norm.BODIES[body], *gpu.kernel_sources("cuda", f"{body}.body"))
 
     saved = gpu.kernel, attention._kernel, norm._kernel
     gpu.kernel, attention._kernel, norm._kernel = gdn_kernel, attention_kernel, norm_kernel
