@@ -94,6 +94,10 @@ class FixedKV:
             self.values = mx.slice_update(self.values, v, at, axes=(2,))
         return self.keys, self.values
 
+    def filled(self, n: int) -> mx.array:
+        """[1] int32: positions filled once the n new tokens are written (shared by the layers)."""
+        return self._memo(("filled", n), lambda: (self.offset + n).reshape(1))
+
     def mask(self, n: int) -> mx.array:
         """[1, 1, n, L] bool: query i (at position offset + i) sees keys at positions <= offset + i."""
         L = self.keys.shape[2]

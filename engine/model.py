@@ -19,7 +19,7 @@ import mlx.nn as nn
 
 from engine.cache import FixedKV, GDNCache, KVCache
 from kernels import gated_delta, gated_delta_decode, gated_delta_prologue
-from kernels.attention import causal_attention
+from kernels.attention import causal_attention, decode_attention
 from kernels.norm import add_rms_norm, gated_rms_norm
 from kernels.prologue import decay_and_beta
 
@@ -239,11 +239,14 @@ class Attention(FusedProjections):
         v = v.reshape(B, T, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
         q, k = self.rope(q, offset=cache.offset), self.rope(k, offset=cache.offset)
         k, v = cache.update_and_fetch(k, v)
-        mask = cache.mask(T)
-        # Causal prefill on NVIDIA GPUs: the fused kernel (out [B, T, H, D]); elsewhere MLX's attention.
-        o = causal_attention(q, k, v, self.scale) if isinstance(mask, str) else None
+        # On NVIDIA GPUs: a compiled decode step's query against its whole buffers, and causal prefill, each run
+        # fused kernels (out [B, T, H, D]); elsewhere MLX's attention.
+        o = decode_attention(q, k, v, cache.filled(T), self.scale) if isinstance(cache, FixedKV) else None
         if o is None:
-            o = mlx_attention(q, k, v, self.scale, mask).transpose(0, 2, 1, 3)
+            mask = cache.mask(T)
+            o = causal_attention(q, k, v, self.scale) if isinstance(mask, str) else None
+            if o is None:
+                o = mlx_attention(q, k, v, self.scale, mask).transpose(0, 2, 1, 3)
         o = o.reshape(B, T, -1)
         return self.o_proj(_sigmoid_gate(o, gate.reshape(B, T, -1)))
 

@@ -3,8 +3,11 @@
 MLX has no fused attention at head_dim 256 on CUDA (its cuDNN path stops at 128), so its fallback writes and
 reads a [heads, queries, keys] score matrix per call: at 8192 tokens that was ~3.5 ms of each attention layer's
 prefill on an H200. This kernel keeps scores on chip (FlashAttention-2's online softmax). It serves causal
-prefill only (decode's one query stays on MLX's path) and returns None wherever it does not apply, so the
-caller falls back to `mx.fast.scaled_dot_product_attention`. DELTASERVE_ATTENTION=mlx switches it off.
+prefill. `decode_attention` serves a decode step's one query against the compiled step's whole cache buffers
+(their first n positions filled): MLX's vector kernel takes no array mask, so that masked call falls back to
+matmul, select, softmax and matmul a layer; here it is two launches (keys split over blocks, then a combine)
+and no mask. Both return None wherever they do not apply, so the caller falls back to
+`mx.fast.scaled_dot_product_attention`. DELTASERVE_ATTENTION=mlx switches them off.
 """
 
 from __future__ import annotations
@@ -21,6 +24,10 @@ TILE = 64  # queries (and keys) per tile; 4 warps of 16 query rows
 THREADS = 128
 # Shared memory one block may opt into, by compute capability (KB; CUDA programming guide), for sm_80+ cards
 # (ldmatrix, cp.async and bf16 tensor cores).
+DECODE_KEYS = 64  # keys one block of the split decode attention walks (16 a warp: a few memory round trips)
+DECODE_THREADS = 128
+DECODE_BODIES = {"attention_decode": (("q", "k", "v", "n"), ("po", "pm", "pl")),
+                 "attention_combine": (("po", "pm", "pl"), ("out",))}
 OPT_IN_SMEM_KB = {(8, 0): 163, (8, 6): 99, (8, 7): 163, (8, 9): 99, (9, 0): 227, (10, 0): 227, (12, 0): 99}
 
 
@@ -86,4 +93,52 @@ def causal_attention(q: mx.array, k: mx.array, v: mx.array, scale: float) -> mx.
         inputs=[q, k, v], output_shapes=[(B, T, Hq, D)], output_dtypes=[q.dtype],
         grid=(-(-T // TILE) * THREADS, Hq, B), threadgroup=(THREADS, 1, 1),
         template=[("DT", q.dtype), ("D", D), ("HQ", Hq), ("HKV", k.shape[1])])
+    return out
+
+
+def decode_unsupported(q: mx.array, k: mx.array, v: mx.array, scale: float) -> str | None:
+    """Why the decode kernels cannot take this call (the caller uses MLX's attention), or None."""
+    if os.environ.get(ENV, "").strip().lower() == "mlx":
+        return f"{ENV}=mlx"
+    if mx.default_device() != mx.gpu or not mx.cuda.is_available():
+        return "not an NVIDIA GPU"
+    if q.shape[2] != 1:
+        return f"{q.shape[2]} queries (the kernels take one)"
+    if k.dtype != q.dtype or v.dtype != q.dtype or not mx.issubdtype(q.dtype, mx.floating):
+        return f"dtypes q {q.dtype} / k {k.dtype} / v {v.dtype}"
+    D = q.shape[-1]
+    if D % 32 or k.shape[-1] != D or v.shape[-1] != D:
+        return f"head dims q {D} / k {k.shape[-1]} / v {v.shape[-1]} (equal, a multiple of 32)"
+    if q.shape[1] % k.shape[1] or k.shape[1] != v.shape[1]:
+        return f"{q.shape[1]} query heads over {k.shape[1]} key / value heads"
+    if abs(scale * D**0.5 - 1) > 1e-6:
+        return f"scale {scale} (the kernels use head_dim^-1/2)"
+    return None
+
+
+@functools.cache
+def _decode_kernel(body: str):
+    inputs, outputs = DECODE_BODIES[body]
+    return mx.fast.cuda_kernel(
+        name=f"deltaserve_{body}", input_names=list(inputs), output_names=list(outputs),
+        source=read_source("prelude_cuda.h") + read_source(f"{body}_cuda.body"), header=read_source("helpers_cuda.h"))
+
+
+def decode_attention(q: mx.array, k: mx.array, v: mx.array, n_keys: mx.array, scale: float) -> mx.array | None:
+    """softmax(q k[:n]^T * scale) v[:n] for one query a sequence, q [B, Hq, 1, D], against cache buffers k, v
+    [B, Hkv, L, D] of which the first n = n_keys (int32, one element, on the device) positions are filled; out
+    [B, 1, Hq, D]; None where `decode_unsupported`."""
+    if decode_unsupported(q, k, v, scale) is not None:
+        return None
+    B, Hq, _, D = q.shape
+    S = -(-k.shape[2] // DECODE_KEYS)
+    po, pm, pl = _decode_kernel("attention_decode")(
+        inputs=[q, k, v, n_keys.astype(mx.int32)], output_shapes=[(B, Hq, S, D), (B, Hq, S), (B, Hq, S)],
+        output_dtypes=[mx.float32] * 3, grid=(S * DECODE_THREADS, Hq, B), threadgroup=(DECODE_THREADS, 1, 1),
+        template=[("DT", q.dtype), ("D", D), ("HQ", Hq), ("HKV", k.shape[1]), ("CH", DECODE_KEYS),
+                  ("NT", DECODE_THREADS)])
+    (out,) = _decode_kernel("attention_combine")(
+        inputs=[po, pm, pl], output_shapes=[(B, 1, Hq, D)], output_dtypes=[q.dtype],
+        grid=(Hq * DECODE_THREADS, B, 1), threadgroup=(DECODE_THREADS, 1, 1),
+        template=[("DT", q.dtype), ("D", D), ("HQ", Hq), ("NT", DECODE_THREADS)])
     return out

@@ -14,6 +14,7 @@
 #   bash tools/device-checks.sh tune     # MLX's kernels per CUDA graph: decode and prefill
 #   bash tools/device-checks.sh decode   # the compiled decode step's kernels under ncu; one layer's step, fused vs ops
 #   bash tools/device-checks.sh norm-ab  # the fused norms against MLX's ops: decode token time, alternating
+#   bash tools/device-checks.sh attn-ab  # the decode attention kernels against MLX's masked attention, alternating
 #   bash tools/device-checks.sh ttft-gil # server TTFT with CPython's GIL switch interval lowered (5 / 1 / 0.2 ms)
 #   bash tools/device-checks.sh ab       # GDN kernel phases of a base tree (exp/base: `git archive main | tar -x -C
 #                                        # exp/base`, carried untracked) against this tree's, alternating, one call
@@ -120,6 +121,19 @@ case "${1:?part: e2e, gates, kernels or tiles}" in
           --tokens 64 2>&1 | grep "|\|host"
       done
     done 2>&1 | tee "$out/norm-ab.txt"
+    ;;
+  attn-ab)
+    # The decode attention kernels (kernels/attention.decode_attention) against MLX's masked attention, alternating
+    # in one call: a decode token's time. DELTASERVE_ATTENTION=mlx also switches prefill's kernel off (not timed here).
+    for round in 1 2; do
+      for mode in mlx fused; do
+        echo "== round $round: DELTASERVE_ATTENTION=$mode"
+        DELTASERVE_ATTENTION=$([ $mode = mlx ] && echo mlx || echo on) timeout 140 python3 bench/decode_loop.py \
+          --tokens 64 2>&1 | grep "|\|host"
+      done
+    done 2>&1 | tee "$out/attn-ab.txt"
+    timeout 100 compute-sanitizer --tool memcheck python3 -m pytest -q -x tests/kernels/test_attention.py -k decode 2>&1 \
+      | tail -3 | tee -a "$out/attn-ab.txt"
     ;;
   ttft-gil)
     # Is the server's first token held back by the GIL (the worker thread building and submitting the next decode

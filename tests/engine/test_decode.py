@@ -58,6 +58,36 @@ def test_compiled_and_op_by_op_steps_agree_token_by_token(checkpoint):
                 assert_close_to_scale("gdn cache", np.array(x), np.array(y), rel=1e-5)
 
 
+def test_the_fused_decode_attention_is_wired_to_its_contract(checkpoint, monkeypatch):
+    """On NVIDIA GPUs the compiled step hands `kernels.attention.decode_attention` the buffers after this token's
+    write and n = offset + 1, and reads its [B, 1, H, D] output. With a stand-in that computes that documented
+    contract in MLX ops (the kernels themselves are checked in tests/kernels), the compiled step's logits equal
+    the op-by-op step's, across a buffer growth; a wrong n or layout would not."""
+    import engine.model as model_module
+
+    calls = []
+
+    def contract(q, k, v, n_keys, scale):
+        calls.append(q.shape)
+        filled = (mx.arange(k.shape[2]) < n_keys)[None, None, None, :]
+        rep = q.shape[1] // k.shape[1]
+        k, v = mx.repeat(k, rep, axis=1), mx.repeat(v, rep, axis=1)
+        s = mx.where(filled, (q * scale) @ k.swapaxes(-1, -2), -mx.inf)
+        return (mx.softmax(s, axis=-1, precise=True) @ v).transpose(0, 2, 1, 3)
+
+    monkeypatch.setattr(model_module, "decode_attention", contract)
+    model, ids, _ = checkpoint
+    caches = [model.make_cache(), model.make_cache()]
+    for c in caches:
+        mx.eval(prefill(model, mx.array([ids[:PROMPT]]), c))
+    step = CompiledDecode(model)
+    for t in ids[PROMPT:]:
+        token = mx.array([t])
+        a, b = step(token, caches[0]), decode_step(model, token, caches[1])
+        assert_close_to_scale("logits", np.array(a), np.array(b), rel=1e-5)
+    assert calls and all(shape[2] == 1 for shape in calls)
+
+
 def test_switched_off_or_before_prefill_the_step_runs_op_by_op(checkpoint, monkeypatch):
     model, ids, _ = checkpoint
     step = CompiledDecode(model)

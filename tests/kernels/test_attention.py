@@ -92,3 +92,44 @@ def test_falls_back_where_it_does_not_apply(monkeypatch):
     assert "head dims" in reason(shapes=dict(q=(1, 8, 4, 72), k=(1, 2, 4, 72), v=(1, 2, 4, 72)))
     assert "heads" in reason(shapes=dict(q=(1, 3, 4, 256)))
     assert "fewer keys" in reason(shapes=dict(q=(1, 8, 9, 256)))
+
+
+def test_decode_kernels_fall_back_where_they_do_not_apply(monkeypatch):
+    def reason(**kw):
+        shapes = dict(q=(1, 8, 1, 256), k=(1, 2, 64, 256), v=(1, 2, 64, 256)) | kw.pop("shapes", {})
+        arrays = [mx.zeros(s, dtype=kw.pop("dtype", mx.bfloat16)) for s in shapes.values()]
+        return attention.decode_unsupported(*arrays, kw.pop("scale", 256**-0.5))
+
+    monkeypatch.setenv(attention.ENV, "mlx")
+    assert "DELTASERVE_ATTENTION" in reason()
+    monkeypatch.delenv(attention.ENV)
+    if not ON_CUDA:
+        assert "NVIDIA" in reason()
+        assert attention.decode_attention(*(mx.zeros((1, 2, 1, 64)),) * 3, mx.array([1]), 0.125) is None
+        return
+    assert reason() is None and reason(dtype=mx.float32) is None
+    assert "queries" in reason(shapes=dict(q=(1, 8, 2, 256)))
+    assert "scale" in reason(scale=1.0)
+    assert "head dims" in reason(shapes=dict(q=(1, 8, 1, 80), k=(1, 2, 64, 80), v=(1, 2, 64, 80)))
+    assert "heads" in reason(shapes=dict(q=(1, 3, 1, 256)))
+
+
+@gpu_only
+@pytest.mark.parametrize("dtype", [mx.bfloat16, mx.float16, mx.float32], ids=["bf16", "fp16", "fp32"])
+@pytest.mark.parametrize("n", [1, 256, 257, 513, 3000, 4096], ids=lambda n: f"n{n}")
+def test_decode_attention_matches_float64_oracle_and_mlx(n, dtype):
+    """The split decode attention on the card: the model's heads (8 over 2, D = 256), a 4096-position buffer
+    whose first n positions are filled (the rest huge: a leaked position would dominate), against the float64
+    oracle and MLX's masked attention."""
+    seed = int.from_bytes(os.urandom(4), "little")
+    (q, k, v), (eq, ek, ev) = inputs(B=2, Hq=8, Hkv=2, T=1, L=4096, D=256, dtype=dtype, seed=seed)
+    junk = (mx.arange(4096) >= n)[None, None, :, None]
+    k, v = mx.where(junk, 1e3, k).astype(dtype), mx.where(junk, 1e3, v).astype(dtype)
+    out = attention.decode_attention(q, k, v, mx.array([n]), 256**-0.5)
+    assert out is not None and out.shape == (2, 1, 8, 256)
+    got = np.array(out.astype(mx.float32))
+    rel = {mx.bfloat16: 8e-3, mx.float16: 1e-3, mx.float32: 1e-5}[dtype]  # one rounding of the output
+    assert_close_to_scale(f"out (seed {seed})", got, oracle(eq, ek[:, :, :n], ev[:, :, :n]), rel=rel)
+    mask = (mx.arange(4096) < n)[None, None, None, :]
+    mlx_out = mx.fast.scaled_dot_product_attention(q, k, v, scale=256**-0.5, mask=mask).transpose(0, 2, 1, 3)
+    assert_close_to_scale("vs MLX", got, np.array(mlx_out.astype(mx.float32)), rel=2 * rel + 8e-3)

@@ -129,3 +129,22 @@ def test_attention_kernel_compiles_without_spills(dtype, D, tmp_path):
     r = nvcc(tmp_path, text, "-Xptxas", "-v")
     assert r.returncode == 0, r.stderr[-4000:]
     assert "0 bytes spill stores" in r.stderr, r.stderr[-2000:]
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float32"])
+@pytest.mark.parametrize("body", ["attention_decode", "attention_combine"])
+def test_decode_attention_kernels_compile_without_spills(body, dtype, tmp_path):
+    """The split decode attention's two kernels at the model's head size (D = 256: 8 floats of q and of the
+    output a lane) compile for sm_90 with nothing in local memory."""
+    from kernels import attention
+
+    inputs, outputs = attention.DECODE_BODIES[body]
+    types = {n: dtype if n in ("q", "k", "v", "out") else "int32" if n == "n" else "float32" for n in inputs + outputs}
+    template = dict(DT=dtype, D=256, HQ=8, NT=attention.DECODE_THREADS)
+    if body == "attention_decode":
+        template |= dict(HKV=2, CH=attention.DECODE_KEYS)
+    text = kernel_text(body, gpu.read_source("prelude_cuda.h") + gpu.read_source(f"{body}_cuda.body"),
+                       gpu.read_source("helpers_cuda.h"), inputs, outputs, types, template)
+    r = nvcc(tmp_path, text, "-Xptxas", "-v")
+    assert r.returncode == 0, r.stderr[-4000:]
+    assert "0 bytes spill stores" in r.stderr, r.stderr[-2000:]

@@ -123,3 +123,18 @@ def test_cuda_attention_kernel_matches_the_oracle(tmp_path, monkeypatch, shape, 
     (out,) = _run(tmp_path, lambda: [attention.causal_attention(q, k, v, 64**-0.5)])
     rel = 2e-2 if dtype == mx.bfloat16 else 3e-3  # P rounded to the input dtype, as on the card
     assert_close_to_scale("out", out, attention_oracle(*exact), rel=rel)
+
+
+@pytest.mark.parametrize("dtype", [mx.bfloat16, mx.float32], ids=["bf16", "fp32"])
+@pytest.mark.parametrize("n", [1, 255, 256, 257, 600], ids=lambda n: f"n{n}")
+def test_cuda_decode_attention_matches_the_oracle(tmp_path, monkeypatch, n, dtype):
+    """The split decode attention against a 600-position buffer (three key blocks: empty, partial and full ones),
+    its first n positions filled and the rest huge (a leaked position would dominate), grouped heads, B = 2."""
+    monkeypatch.setattr(attention, "decode_unsupported", lambda *a: None)  # the CPU: the kernels would not be chosen
+    (q, k, v), (eq, ek, ev) = attention_inputs(B=2, Hq=4, Hkv=2, T=1, L=600, D=64, dtype=dtype, seed=n)
+    junk = (mx.arange(600) >= n)[None, None, :, None]
+    k, v = mx.where(junk, 1e3, k).astype(dtype), mx.where(junk, 1e3, v).astype(dtype)
+    (out,) = _run(tmp_path, lambda: [attention.decode_attention(q, k, v, mx.array([n]), 64**-0.5)])
+    assert out.shape == (2, 1, 4, 64)
+    want = attention_oracle(eq, ek[:, :, :n], ev[:, :, :n])
+    assert_close_to_scale("out", out, want, rel=1e-5 if dtype == mx.float32 else 8e-3)  # one rounding of the output

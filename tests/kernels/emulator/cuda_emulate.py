@@ -65,12 +65,18 @@ def record_launches(fn: Callable[[], object]) -> tuple[object, list[Launch]]:
     def norm_kernel(backend: str, body: str = "add_rms_norm"):
         return recorder(body, norm.BODIES[body], *gpu.kernel_sources("cuda", f"{body}.body"))
 
-    saved = gpu.kernel, attention._kernel, norm._kernel
-    gpu.kernel, attention._kernel, norm._kernel = gdn_kernel, attention_kernel, norm_kernel
+    def decode_attention_kernel(body: str):
+        return recorder(body, attention.DECODE_BODIES[body],
+                        gpu.read_source("prelude_cuda.h") + gpu.read_source(f"{body}_cuda.body"),
+                        gpu.read_source("helpers_cuda.h"))
+
+    saved = gpu.kernel, attention._kernel, norm._kernel, attention._decode_kernel
+    gpu.kernel, attention._kernel, norm._kernel, attention._decode_kernel = (
+        gdn_kernel, attention_kernel, norm_kernel, decode_attention_kernel)
     try:
         return fn(), launches
     finally:
-        gpu.kernel, attention._kernel, norm._kernel = saved
+        gpu.kernel, attention._kernel, norm._kernel, attention._decode_kernel = saved
 
 
 def _bits(a: mx.array) -> np.ndarray:
