@@ -17,7 +17,7 @@ import os
 
 import mlx.core as mx
 
-from kernels.gpu import read_source
+from kernels.gpu import build_kernel, read_source
 
 ENV = "DELTASERVE_ATTENTION"  # "mlx": always MLX's own attention (for comparison)
 TILE = 64  # queries (and keys) per tile; 4 warps of 16 query rows
@@ -118,10 +118,7 @@ def decode_unsupported(q: mx.array, k: mx.array, v: mx.array, scale: float) -> s
 
 @functools.cache
 def _decode_kernel(body: str):
-    inputs, outputs = DECODE_BODIES[body]
-    return mx.fast.cuda_kernel(
-        name=f"deltaserve_{body}", input_names=list(inputs), output_names=list(outputs),
-        source=read_source("prelude_cuda.h") + read_source(f"{body}_cuda.body"), header=read_source("helpers_cuda.h"))
+    return build_kernel("cuda", body, f"{body}_cuda.body", *DECODE_BODIES[body])
 
 
 def decode_attention(q: mx.array, k: mx.array, v: mx.array, n_keys: mx.array, scale: float) -> mx.array | None:

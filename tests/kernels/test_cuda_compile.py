@@ -143,8 +143,7 @@ def test_decode_attention_kernels_compile_without_spills(body, dtype, tmp_path):
     template = dict(DT=dtype, D=256, HQ=8, NT=attention.DECODE_THREADS)
     if body == "attention_decode":
         template |= dict(HKV=2, CH=attention.DECODE_KEYS)
-    text = kernel_text(body, gpu.read_source("prelude_cuda.h") + gpu.read_source(f"{body}_cuda.body"),
-                       gpu.read_source("helpers_cuda.h"), inputs, outputs, types, template)
+    text = kernel_text(body, *gpu.kernel_sources("cuda", f"{body}_cuda.body"), inputs, outputs, types, template)
     r = nvcc(tmp_path, text, "-Xptxas", "-v")
     assert r.returncode == 0, r.stderr[-4000:]
     assert "0 bytes spill stores" in r.stderr, r.stderr[-2000:]

@@ -66,9 +66,7 @@ def record_launches(fn: Callable[[], object]) -> tuple[object, list[Launch]]:
         return recorder(body, norm.BODIES[body], *gpu.kernel_sources("cuda", f"{body}.body"))
 
     def decode_attention_kernel(body: str):
-        return recorder(body, attention.DECODE_BODIES[body],
-                        gpu.read_source("prelude_cuda.h") + gpu.read_source(f"{body}_cuda.body"),
-                        gpu.read_source("helpers_cuda.h"))
+        return recorder(body, attention.DECODE_BODIES[body], *gpu.kernel_sources("cuda", f"{body}_cuda.body"))
 
     saved = gpu.kernel, attention._kernel, norm._kernel, attention._decode_kernel
     gpu.kernel, attention._kernel, norm._kernel, attention._decode_kernel = (
