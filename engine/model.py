@@ -19,7 +19,7 @@ import mlx.nn as nn
 
 from engine.cache import FixedKV, GDNCache, KVCache
 from kernels import gated_delta, gated_delta_decode, gated_delta_prologue
-from kernels.attention import causal_attention, decode_attention
+from kernels.attention import causal_attention, decode_attention, qk_norm_rope
 from kernels.norm import add_rms_norm, gated_rms_norm
 from kernels.prologue import decay_and_beta
 
@@ -232,12 +232,19 @@ class Attention(FusedProjections):
 
     def __call__(self, x: mx.array, cache: KVCache | FixedKV) -> mx.array:
         B, T, _ = x.shape
-        q, k, v = self.project(x)
-        q, gate = mx.split(q.reshape(B, T, self.n_heads, 2 * self.head_dim), 2, axis=-1)
-        q = self.q_norm(q).transpose(0, 2, 1, 3)
-        k = self.k_norm(k.reshape(B, T, self.n_kv_heads, -1)).transpose(0, 2, 1, 3)
+        qg, k, v = self.project(x)
+        q, gate = mx.split(qg.reshape(B, T, self.n_heads, 2 * self.head_dim), 2, axis=-1)
+        # q / k norms and RoPE: one kernel on NVIDIA GPUs (decode is bound by launches), else MLX's ops
+        rope = self.rope
+        fused = None if rope.traditional or rope.scale != 1 else qk_norm_rope(
+            qg, k, self.q_norm.weight, self.k_norm.weight, self.q_norm.eps, rope.dims, rope.base, cache.offset,
+            self.n_heads, self.n_kv_heads)
+        if fused is None:
+            q = rope(self.q_norm(q).transpose(0, 2, 1, 3), offset=cache.offset)
+            k = rope(self.k_norm(k.reshape(B, T, self.n_kv_heads, -1)).transpose(0, 2, 1, 3), offset=cache.offset)
+        else:
+            q, k = fused
         v = v.reshape(B, T, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
-        q, k = self.rope(q, offset=cache.offset), self.rope(k, offset=cache.offset)
         k, v = cache.update_and_fetch(k, v)
         # On NVIDIA GPUs: a compiled decode step's query against its whole buffers, and causal prefill, each run
         # fused kernels (out [B, T, H, D]); elsewhere MLX's attention.

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import functools
 import os
+import struct
 
 import mlx.core as mx
+import numpy as np
 
 from kernels.gpu import build_kernel, read_source
 
@@ -28,6 +30,7 @@ DECODE_KEYS = 64  # keys one block of the split decode attention walks (16 a war
 DECODE_THREADS = 128
 DECODE_BODIES = {"attention_decode": (("q", "k", "v", "n"), ("po", "pm", "pl")),
                  "attention_combine": (("po", "pm", "pl"), ("out",))}
+QK_ROWS = 8  # (token, head) rows a threadgroup of qk_norm_rope: one 32-lane group each
 OPT_IN_SMEM_KB = {(8, 0): 163, (8, 6): 99, (8, 7): 163, (8, 9): 99, (9, 0): 227, (10, 0): 227, (12, 0): 99}
 
 
@@ -96,12 +99,19 @@ def causal_attention(q: mx.array, k: mx.array, v: mx.array, scale: float) -> mx.
     return out
 
 
-def decode_unsupported(q: mx.array, k: mx.array, v: mx.array, scale: float) -> str | None:
-    """Why the decode kernels cannot take this call (the caller uses MLX's attention), or None."""
+def kernels_off() -> str | None:
+    """Why no attention kernel of this module runs here (switched off, not an NVIDIA GPU), or None."""
     if os.environ.get(ENV, "").strip().lower() == "mlx":
         return f"{ENV}=mlx"
     if mx.default_device() != mx.gpu or not mx.cuda.is_available():
         return "not an NVIDIA GPU"
+    return None
+
+
+def decode_unsupported(q: mx.array, k: mx.array, v: mx.array, scale: float) -> str | None:
+    """Why the decode kernels cannot take this call (the caller uses MLX's attention), or None."""
+    if off := kernels_off():
+        return off
     if q.shape[2] != 1:
         return f"{q.shape[2]} queries (the kernels take one)"
     if k.dtype != q.dtype or v.dtype != q.dtype or not mx.issubdtype(q.dtype, mx.floating):
@@ -139,3 +149,45 @@ def decode_attention(q: mx.array, k: mx.array, v: mx.array, n_keys: mx.array, sc
         grid=(Hq * DECODE_THREADS, B, 1), threadgroup=(DECODE_THREADS, 1, 1),
         template=[("DT", q.dtype), ("D", D), ("HQ", Hq), ("NT", DECODE_THREADS)])
     return out
+
+
+def _float_bits(x: float) -> int:
+    """An fp32 value as the int its bits spell (template arguments are integers)."""
+    return struct.unpack("<i", struct.pack("<f", x))[0]
+
+
+@functools.cache
+def _qk_kernel():
+    return mx.fast.cuda_kernel(
+        name="deltaserve_qk_norm_rope", input_names=["qg", "k", "wq", "wk", "pos"], output_names=["qo", "ko"],
+        source=read_source("prelude_cuda.h") + read_source("qk_norm_rope_cuda.body"),
+        header=read_source("helpers_cuda.h"))
+
+
+def qk_norm_rope(qg: mx.array, k: mx.array, wq: mx.array, wk: mx.array, eps: float, rotary_dim: int, base: float,
+                 position: int | mx.array, n_heads: int, n_kv_heads: int) -> tuple[mx.array, mx.array] | None:
+    """An attention layer's q / k from its projections: per head RMSNorm (weights wq / wk [D]) then NeoX RoPE on
+    the first `rotary_dim` dims from `position` (an int, or an int32 device scalar), as MLX's rms_norm and rope
+    compute them; qg [B, T, n_heads * 2D] holds each head's query then its gate (not read), k [B, T,
+    n_kv_heads * D]. Returns (q [B, n_heads, T, D], k [B, n_kv_heads, T, D]), one launch on NVIDIA GPUs; None
+    elsewhere or for shapes it does not take (the caller runs MLX's ops)."""
+    if kernels_off() is not None:
+        return None
+    D, R = wq.shape[0], rotary_dim
+    vpt = D // 32
+    half = R // 2
+    if (D % 32 or R % 2 or not 0 < R <= D or half % vpt or (half // vpt) & (half // vpt - 1)
+            or qg.ndim != 3 or qg.shape[-1] != n_heads * 2 * D or k.shape != (*qg.shape[:2], n_kv_heads * D)
+            or wk.shape != (D,) or len({qg.dtype, k.dtype, wq.dtype, wk.dtype}) != 1
+            or not mx.issubdtype(qg.dtype, mx.floating) or qg.size == 0):
+        return None
+    B, T, _ = qg.shape
+    pos = position.reshape(1) if isinstance(position, mx.array) else mx.array([position])
+    rows = B * T * (n_heads + n_kv_heads)
+    qo, ko = _qk_kernel()(
+        inputs=[qg, k, wq, wk, pos.astype(mx.int32)], output_shapes=[(B, n_heads, T, D), (B, n_kv_heads, T, D)],
+        output_dtypes=[qg.dtype, qg.dtype], grid=(-(-rows // QK_ROWS) * 32 * QK_ROWS, 1, 1),
+        threadgroup=(32 * QK_ROWS, 1, 1),
+        template=[("OutT", qg.dtype), ("D", D), ("R", R), ("HQ", n_heads), ("HKV", n_kv_heads), ("RPG", QK_ROWS),
+                  ("EPS", _float_bits(eps)), ("LB", _float_bits(float(np.log2(np.float32(base)))))])
+    return qo, ko

@@ -123,8 +123,9 @@ case "${1:?part: e2e, gates, kernels or tiles}" in
     done 2>&1 | tee "$out/norm-ab.txt"
     ;;
   attn-ab)
-    # The decode attention kernels (kernels/attention.decode_attention) against MLX's masked attention, alternating
-    # in one call: a decode token's time. DELTASERVE_ATTENTION=mlx also switches prefill's kernel off (not timed here).
+    # The attention kernels of a decode step (kernels/attention.py: decode_attention, qk_norm_rope) against MLX's
+    # masked attention, norms and rope, alternating in one call: a decode token's time. DELTASERVE_ATTENTION=mlx
+    # also switches prefill's kernel off (not timed here).
     for round in 1 2; do
       for mode in mlx fused; do
         echo "== round $round: DELTASERVE_ATTENTION=$mode"
@@ -132,7 +133,7 @@ case "${1:?part: e2e, gates, kernels or tiles}" in
           --tokens 64 2>&1 | grep "|\|host"
       done
     done 2>&1 | tee "$out/attn-ab.txt"
-    timeout 100 compute-sanitizer --tool memcheck python3 -m pytest -q -x tests/kernels/test_attention.py -k decode 2>&1 \
+    timeout 100 compute-sanitizer --tool memcheck python3 -m pytest -q -x tests/kernels/test_attention.py -k "decode or qk" 2>&1 \
       | tail -3 | tee -a "$out/attn-ab.txt"
     ;;
   ttft-gil)

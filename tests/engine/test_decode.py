@@ -88,6 +88,32 @@ def test_the_fused_decode_attention_is_wired_to_its_contract(checkpoint, monkeyp
     assert calls and all(shape[2] == 1 for shape in calls)
 
 
+def test_the_fused_qk_norm_rope_is_wired_to_its_contract(checkpoint, monkeypatch):
+    """On NVIDIA GPUs each attention layer hands `kernels.attention.qk_norm_rope` its packed query|gate and key
+    projections, norm weights, rotary dims, base and position (an int in prefill, the compiled step's device
+    offset in decode) and takes q, k in the attention layout. With a stand-in computing that documented contract
+    in MLX ops, prefill and compiled decode still match transformers; a wrong position or layout would not."""
+    import engine.model as model_module
+
+    calls = []
+
+    def contract(qg, k, wq, wk, eps, rotary_dim, base, position, n_heads, n_kv_heads):
+        calls.append(type(position).__name__)
+        B, T, _ = qg.shape
+        D = wq.shape[0]
+        q = qg.reshape(B, T, n_heads, 2 * D)[..., :D]
+
+        def rope(x):
+            return mx.fast.rope(x, rotary_dim, traditional=False, base=base, scale=1.0, offset=position)
+
+        return (rope(mx.fast.rms_norm(q, wq, eps).transpose(0, 2, 1, 3)),
+                rope(mx.fast.rms_norm(k.reshape(B, T, n_kv_heads, D), wk, eps).transpose(0, 2, 1, 3)))
+
+    monkeypatch.setattr(model_module, "qk_norm_rope", contract)
+    test_compiled_decode_matches_transformers_across_buffer_growth(checkpoint)
+    assert {"int", "array"} <= set(calls), set(calls)
+
+
 def test_switched_off_or_before_prefill_the_step_runs_op_by_op(checkpoint, monkeypatch):
     model, ids, _ = checkpoint
     step = CompiledDecode(model)

@@ -133,3 +133,25 @@ def test_decode_attention_matches_float64_oracle_and_mlx(n, dtype):
     mask = (mx.arange(4096) < n)[None, None, None, :]
     mlx_out = mx.fast.scaled_dot_product_attention(q, k, v, scale=256**-0.5, mask=mask).transpose(0, 2, 1, 3)
     assert_close_to_scale("vs MLX", got, np.array(mlx_out.astype(mx.float32)), rel=2 * rel + 8e-3)
+
+
+@gpu_only
+@pytest.mark.parametrize("dtype", [mx.bfloat16, mx.float16, mx.float32], ids=["bf16", "fp16", "fp32"])
+@pytest.mark.parametrize("T,position", [(1, 9000), (300, 0), (64, 4096)], ids=lambda x: str(x))
+def test_qk_norm_rope_matches_mlx_ops_on_the_card(T, position, dtype):
+    """The q / k preparation kernel on the card against MLX's rms_norm and rope at the model's shapes (8 query
+    heads with their gates over 2 key heads, D = 256, 64 rotary dims, base 1e7), B = 2."""
+    rng = np.random.default_rng(T)
+    qg, k = (mx.array(rng.normal(size=(2, T, n * 256)).astype(np.float32) * 3).astype(dtype) for n in (16, 2))
+    wq, wk = (mx.array(rng.uniform(0.5, 1.5, 256).astype(np.float32)).astype(dtype) for _ in range(2))
+    got = attention.qk_norm_rope(qg, k, wq, wk, 1e-6, 64, 1e7, position, 8, 2)
+    assert got is not None
+    q = qg.reshape(2, T, 8, 512)[..., :256]
+
+    def ops(x, w):
+        return mx.fast.rope(mx.fast.rms_norm(x, w, 1e-6).transpose(0, 2, 1, 3), 64, traditional=False, base=1e7,
+                            scale=1.0, offset=position)
+
+    rel = {mx.bfloat16: 8e-3, mx.float16: 1e-3, mx.float32: 2e-5}[dtype]
+    for name, g, w in zip(("q", "k"), got, (ops(q, wq), ops(k.reshape(2, T, 2, 256), wk)), strict=True):
+        assert_close_to_scale(name, np.array(g.astype(mx.float32)), np.array(w.astype(mx.float32)), rel=rel)

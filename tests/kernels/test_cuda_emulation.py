@@ -8,6 +8,7 @@ from __future__ import annotations
 import shutil
 
 import mlx.core as mx
+import numpy as np
 import pytest
 
 from kernels import attention, gpu
@@ -138,3 +139,28 @@ def test_cuda_decode_attention_matches_the_oracle(tmp_path, monkeypatch, n, dtyp
     assert out.shape == (2, 1, 4, 64)
     want = attention_oracle(eq, ek[:, :, :n], ev[:, :, :n])
     assert_close_to_scale("out", out, want, rel=1e-5 if dtype == mx.float32 else 8e-3)  # one rounding of the output
+
+
+@pytest.mark.parametrize("dtype", [mx.bfloat16, mx.float32], ids=["bf16", "fp32"])
+@pytest.mark.parametrize("T,position", [(1, 517), (5, 0), (3, 4000)], ids=lambda x: str(x))
+def test_cuda_qk_norm_rope_matches_mlx_norm_and_rope(tmp_path, monkeypatch, T, position, dtype):
+    """An attention layer's q / k preparation in one kernel against the model's own ops (mx.fast.rms_norm per
+    head, transpose, nn.RoPE with the model's partial rotary dims and base) run by MLX: decode at a late position,
+    a first prefill step, a later one; 4 query heads (each followed by its gate) over 2 key heads, D = 64."""
+    import mlx.nn as nn
+
+    monkeypatch.setattr(attention, "kernels_off", lambda: None)  # the CPU: the kernel would not be chosen
+    H, Hkv, D, R, base, eps = 4, 2, 64, 16, 10_000_000.0, 1e-6
+    rng = np.random.default_rng(T + position)
+    qg, k = (mx.array(rng.normal(size=(2, T, n * D)).astype(np.float32) * 3).astype(dtype) for n in (2 * H, Hkv))
+    wq, wk = (mx.array(rng.uniform(0.5, 1.5, D).astype(np.float32)).astype(dtype) for _ in range(2))
+    pos = mx.array([position])
+    got = _run(tmp_path, lambda: attention.qk_norm_rope(qg, k, wq, wk, eps, R, base, pos, H, Hkv))
+    rope = nn.RoPE(R, traditional=False, base=base)
+    q = mx.split(qg.reshape(2, T, H, 2 * D), 2, axis=-1)[0]
+    want = [rope(mx.fast.rms_norm(x, w, eps).transpose(0, 2, 1, 3), offset=position)
+            for x, w in ((q, wq), (k.reshape(2, T, Hkv, D), wk))]
+    for name, g, w in zip(("q", "k"), got, want, strict=True):
+        assert g.shape == w.shape
+        # the rotation of rounded normed values: one rounding of the output apart (cos / sin libraries differ)
+        assert_close_to_scale(name, g, np.array(w.astype(mx.float32)), rel=8e-3 if dtype == mx.bfloat16 else 2e-5)

@@ -68,13 +68,18 @@ def record_launches(fn: Callable[[], object]) -> tuple[object, list[Launch]]:
     def decode_attention_kernel(body: str):
         return recorder(body, attention.DECODE_BODIES[body], *gpu.kernel_sources("cuda", f"{body}_cuda.body"))
 
-    saved = gpu.kernel, attention._kernel, norm._kernel, attention._decode_kernel
-    gpu.kernel, attention._kernel, norm._kernel, attention._decode_kernel = (
-        gdn_kernel, attention_kernel, norm_kernel, decode_attention_kernel)
+    def qk_kernel():
+        return recorder("qk_norm_rope", (("qg", "k", "wq", "wk", "pos"), ("qo", "ko")),
+                        gpu.read_source("prelude_cuda.h") + gpu.read_source("qk_norm_rope_cuda.body"),
+                        gpu.read_source("helpers_cuda.h"))
+
+    saved = gpu.kernel, attention._kernel, norm._kernel, attention._decode_kernel, attention._qk_kernel
+    gpu.kernel, attention._kernel, norm._kernel, attention._decode_kernel, attention._qk_kernel = (
+        gdn_kernel, attention_kernel, norm_kernel, decode_attention_kernel, qk_kernel)
     try:
         return fn(), launches
     finally:
-        gpu.kernel, attention._kernel, norm._kernel, attention._decode_kernel = saved
+        gpu.kernel, attention._kernel, norm._kernel, attention._decode_kernel, attention._qk_kernel = saved
 
 
 def _bits(a: mx.array) -> np.ndarray:
