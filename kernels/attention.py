@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import functools
 import os
-import struct
 
 import mlx.core as mx
 import numpy as np
 
-from kernels.gpu import build_kernel, read_source
+from kernels.gpu import build_kernel, float_bits, read_source
 
 ENV = "DELTASERVE_ATTENTION"  # "mlx": always MLX's own attention (for comparison)
 TILE = 64  # queries (and keys) per tile; 4 warps of 16 query rows
@@ -31,6 +30,7 @@ DECODE_THREADS = 128
 DECODE_BODIES = {"attention_decode": (("q", "k", "v", "n"), ("po", "pm", "pl")),
                  "attention_combine": (("po", "pm", "pl"), ("out",))}
 QK_ROWS = 8  # (token, head) rows a threadgroup of qk_norm_rope: one 32-lane group each
+QK_NAMES = (("qg", "k", "wq", "wk", "pos"), ("qo", "ko"))  # its inputs, outputs
 OPT_IN_SMEM_KB = {(8, 0): 163, (8, 6): 99, (8, 7): 163, (8, 9): 99, (9, 0): 227, (10, 0): 227, (12, 0): 99}
 
 
@@ -151,17 +151,9 @@ def decode_attention(q: mx.array, k: mx.array, v: mx.array, n_keys: mx.array, sc
     return out
 
 
-def _float_bits(x: float) -> int:
-    """An fp32 value as the int its bits spell (template arguments are integers)."""
-    return struct.unpack("<i", struct.pack("<f", x))[0]
-
-
 @functools.cache
 def _qk_kernel():
-    return mx.fast.cuda_kernel(
-        name="deltaserve_qk_norm_rope", input_names=["qg", "k", "wq", "wk", "pos"], output_names=["qo", "ko"],
-        source=read_source("prelude_cuda.h") + read_source("qk_norm_rope_cuda.body"),
-        header=read_source("helpers_cuda.h"))
+    return build_kernel("cuda", "qk_norm_rope", "qk_norm_rope_cuda.body", *QK_NAMES)
 
 
 def qk_norm_rope(qg: mx.array, k: mx.array, wq: mx.array, wk: mx.array, eps: float, rotary_dim: int, base: float,
@@ -189,5 +181,5 @@ def qk_norm_rope(qg: mx.array, k: mx.array, wq: mx.array, wk: mx.array, eps: flo
         output_dtypes=[qg.dtype, qg.dtype], grid=(-(-rows // QK_ROWS) * 32 * QK_ROWS, 1, 1),
         threadgroup=(32 * QK_ROWS, 1, 1),
         template=[("OutT", qg.dtype), ("D", D), ("R", R), ("HQ", n_heads), ("HKV", n_kv_heads), ("RPG", QK_ROWS),
-                  ("EPS", _float_bits(eps)), ("LB", _float_bits(float(np.log2(np.float32(base)))))])
+                  ("EPS", float_bits(eps)), ("LB", float_bits(float(np.log2(np.float32(base)))))])
     return qo, ko

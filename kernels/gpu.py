@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import os
+import struct
 from importlib import resources
 
 import mlx.core as mx
@@ -78,6 +79,11 @@ def tf32(backend: str, out_dtype: mx.Dtype) -> bool:
 
 def read_source(name: str) -> str:
     return resources.files("kernels.src").joinpath(name).read_text()
+
+
+def float_bits(x: float) -> int:
+    """An fp32 value as the int its bits spell (template arguments are integers; DS_BITS_FLOAT reads it back)."""
+    return struct.unpack("<i", struct.pack("<f", x))[0]
 
 
 def kernel_sources(backend: str, body_file: str) -> tuple[str, str]:

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import functools
 import os
-import struct
 
 import mlx.core as mx
 
-from kernels.gpu import build_kernel, gpu_backend
+from kernels.gpu import build_kernel, float_bits, gpu_backend
 
 ENV = "DELTASERVE_NORM"  # "mlx": always MLX's two ops (for comparison)
 THREADS = 256
@@ -30,10 +29,6 @@ def _kernel(backend: str, body: str = "add_rms_norm"):
     return build_kernel(backend, body, f"{body}.body", *BODIES[body])
 
 
-def _bits(eps: float) -> int:
-    return struct.unpack("<i", struct.pack("<f", eps))[0]
-
-
 def add_rms_norm(x: mx.array, r: mx.array, weight: mx.array, eps: float) -> tuple[mx.array, mx.array]:
     """(h, y) = (x + r, rms_norm(x + r) * weight) over the last axis."""
     backend = _backend()
@@ -46,7 +41,7 @@ def add_rms_norm(x: mx.array, r: mx.array, weight: mx.array, eps: float) -> tupl
     h, y = _kernel(backend)(
         inputs=[x, r, weight], output_shapes=[x.shape, x.shape], output_dtypes=[x.dtype, x.dtype],
         grid=(rows * THREADS, 1, 1), threadgroup=(THREADS, 1, 1),
-        template=[("OutT", x.dtype), ("D", D), ("NT", THREADS), ("EPS", _bits(eps))])
+        template=[("OutT", x.dtype), ("D", D), ("NT", THREADS), ("EPS", float_bits(eps))])
     return h, y
 
 
@@ -62,5 +57,5 @@ def gated_rms_norm(x: mx.array, gate: mx.array, weight: mx.array, eps: float, ta
     (y,) = _kernel(backend, "gated_rms_norm")(
         inputs=[x, gate, weight], output_shapes=[x.shape], output_dtypes=[x.dtype],
         grid=(-(-rows // GATED_ROWS) * 32 * GATED_ROWS, 1, 1), threadgroup=(32 * GATED_ROWS, 1, 1),
-        template=[("OutT", x.dtype), ("WT", weight.dtype), ("D", D), ("RPG", GATED_ROWS), ("EPS", _bits(eps))])
+        template=[("OutT", x.dtype), ("WT", weight.dtype), ("D", D), ("RPG", GATED_ROWS), ("EPS", float_bits(eps))])
     return y

@@ -13,6 +13,7 @@ import shutil
 import subprocess
 
 import mlx.core as mx
+import numpy as np
 import pytest
 
 from kernels import gpu
@@ -154,12 +155,12 @@ def test_qk_norm_rope_kernel_compiles_without_spills(dtype, tmp_path):
     """The q / k preparation kernel at the model's shapes (D = 256, 64 rotary dims, 8 over 2 heads)."""
     from kernels import attention
 
-    names = ("qg", "k", "wq", "wk", "pos"), ("qo", "ko")
-    types = {n: "int32" if n == "pos" else dtype for n in names[0] + names[1]}
+    inputs, outputs = attention.QK_NAMES
+    types = {n: "int32" if n == "pos" else dtype for n in inputs + outputs}
     template = dict(OutT=dtype, D=256, R=64, HQ=8, HKV=2, RPG=attention.QK_ROWS,
-                    EPS=0x358637BD, LB=0x41BA0729)  # fp32 bits of 1e-6 and log2(1e7)
-    text = kernel_text("qk_norm_rope", gpu.read_source("prelude_cuda.h") + gpu.read_source("qk_norm_rope_cuda.body"),
-                       gpu.read_source("helpers_cuda.h"), *names, types, template)
+                    EPS=gpu.float_bits(1e-6), LB=gpu.float_bits(float(np.log2(np.float32(1e7)))))
+    text = kernel_text("qk_norm_rope", *gpu.kernel_sources("cuda", "qk_norm_rope_cuda.body"), inputs, outputs,
+                       types, template)
     r = nvcc(tmp_path, text, "-Xptxas", "-v")
     assert r.returncode == 0, r.stderr[-4000:]
     assert "0 bytes spill stores" in r.stderr, r.stderr[-2000:]

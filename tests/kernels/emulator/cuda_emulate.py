@@ -69,9 +69,7 @@ def record_launches(fn: Callable[[], object]) -> tuple[object, list[Launch]]:
         return recorder(body, attention.DECODE_BODIES[body], *gpu.kernel_sources("cuda", f"{body}_cuda.body"))
 
     def qk_kernel():
-        return recorder("qk_norm_rope", (("qg", "k", "wq", "wk", "pos"), ("qo", "ko")),
-                        gpu.read_source("prelude_cuda.h") + gpu.read_source("qk_norm_rope_cuda.body"),
-                        gpu.read_source("helpers_cuda.h"))
+        return recorder("qk_norm_rope", attention.QK_NAMES, *gpu.kernel_sources("cuda", "qk_norm_rope_cuda.body"))
 
     saved = gpu.kernel, attention._kernel, norm._kernel, attention._decode_kernel, attention._qk_kernel
     gpu.kernel, attention._kernel, norm._kernel, attention._decode_kernel, attention._qk_kernel = (
