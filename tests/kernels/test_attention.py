@@ -97,7 +97,8 @@ def test_falls_back_where_it_does_not_apply(monkeypatch):
 def test_decode_kernels_fall_back_where_they_do_not_apply(monkeypatch):
     def reason(**kw):
         shapes = dict(q=(1, 8, 1, 256), k=(1, 2, 64, 256), v=(1, 2, 64, 256)) | kw.pop("shapes", {})
-        arrays = [mx.zeros(s, dtype=kw.pop("dtype", mx.bfloat16)) for s in shapes.values()]
+        dtype = kw.pop("dtype", mx.bfloat16)
+        arrays = [mx.zeros(s, dtype=dtype) for s in shapes.values()]
         return attention.decode_unsupported(*arrays, kw.pop("scale", 256**-0.5))
 
     monkeypatch.setenv(attention.ENV, "mlx")
