@@ -8,13 +8,11 @@ Usage: python bench/attention.py [--contexts 512,2048,8192] [--runs 5]
 from __future__ import annotations
 
 import argparse
-import os
-
-os.environ.setdefault("MLX_ENABLE_CACHE_THRASHING_CHECK", "0")
 
 import mlx.core as mx
 from gpu_kernels import time_mlx  # bench/ is on sys.path when a bench script runs
 
+from engine.backend import configure_long_running
 from engine.model import mlx_attention
 from kernels import attention
 
@@ -27,6 +25,7 @@ def mlx_path(q: mx.array, k: mx.array, v: mx.array) -> mx.array:
 
 
 def main() -> None:
+    configure_long_running()  # the server's process settings (CUDA-graph and buffer caches)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--contexts", default="512,2048,8192")
     parser.add_argument("--runs", type=int, default=5)

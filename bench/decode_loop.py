@@ -14,10 +14,9 @@ import statistics
 import time
 from collections.abc import Callable
 
-os.environ.setdefault("MLX_ENABLE_CACHE_THRASHING_CHECK", "0")
-
 import mlx.core as mx
 
+from engine.backend import configure_long_running
 from engine.decode import ENV_COMPILE, CompiledDecode, decode_step
 from engine.demo import DEMO_DTYPES, ensure_demo
 from engine.generate import PrefillOptions, generate_step, prefill
@@ -115,6 +114,7 @@ def host_share(model, step, context: int, opts: PrefillOptions, tokens: int) -> 
 
 
 def main() -> None:
+    configure_long_running()  # the server's process settings (CUDA-graph and buffer caches)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="demo-0.8b")
     parser.add_argument("--context", type=int, default=512)

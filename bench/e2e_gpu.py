@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
 import platform
 import statistics
 import subprocess
@@ -28,11 +27,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-os.environ.setdefault("MLX_ENABLE_CACHE_THRASHING_CHECK", "0")
-
 import mlx.core as mx
 import numpy as np
 
+from engine.backend import configure_long_running
 from engine.cache import cache_arrays
 from engine.demo import DEMO_DTYPES, ensure_demo
 from engine.generate import PrefillOptions, default_prefill_step, generate_step, prefill
@@ -349,7 +347,7 @@ def weight_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.glob("*.safetensors"))
 
 
-def main() -> None:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="demo-0.8b", help="a demo name (engine.demo) or a checkpoint directory")
     parser.add_argument("--contexts", default="512,2048,8192")
@@ -366,7 +364,12 @@ def main() -> None:
                         help="also time the first token of a T-token prompt through `deltaserve serve --gdn-chunked`")
     parser.add_argument("--server-max-tokens", type=int, default=2, help="max_tokens of the TTFT requests")
     parser.add_argument("--json", type=Path, help="also write the results here")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    configure_long_running()  # the server's process settings (CUDA-graph and buffer caches)
+    args = _parser().parse_args()
     args.step_size = args.step_size or default_prefill_step()
     args.contexts = [int(t) for t in args.contexts.split(",")]
     systems = args.systems.split(",")

@@ -10,13 +10,11 @@ Usage: python bench/e2e_layers.py [--model demo-0.8b] [--tokens 2048] [--method 
 from __future__ import annotations
 
 import argparse
-import os
-
-os.environ.setdefault("MLX_ENABLE_CACHE_THRASHING_CHECK", "0")
 
 import mlx.core as mx
 from gpu_kernels import time_mlx  # bench/ is on sys.path when a bench script runs
 
+from engine.backend import configure_long_running
 from engine.cache import GDNCache, KVCache
 from engine.demo import DEMO_DTYPES, ensure_demo
 from engine.loading import load_model
@@ -25,6 +23,7 @@ from kernels.prologue import causal_conv_silu, conv_split, decay_and_beta
 
 
 def main() -> None:
+    configure_long_running()  # the server's process settings (CUDA-graph and buffer caches)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="demo-0.8b")
     parser.add_argument("--tokens", type=int, default=2048)

@@ -9,18 +9,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import statistics
 import time
 from collections.abc import Iterator
 from functools import partial
 
-os.environ.setdefault("MLX_ENABLE_CACHE_THRASHING_CHECK", "0")
-
 import mlx.core as mx
 import numpy as np
 
 import engine.model as model_module
+from engine.backend import configure_long_running
 from engine.cache import cache_arrays
 from engine.decode import CompiledDecode, decode_step
 from engine.demo import DEMO_DTYPES, ensure_demo
@@ -109,6 +107,7 @@ def time_decode(model, context: int, opts: PrefillOptions, steps: int, compiled:
 
 
 def main() -> None:
+    configure_long_running()  # the server's process settings (CUDA-graph and buffer caches)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="demo-0.8b")
     parser.add_argument("--contexts", default="2048,8192")

@@ -18,11 +18,10 @@ import statistics
 import subprocess
 import time
 
-os.environ.setdefault("MLX_ENABLE_CACHE_THRASHING_CHECK", "0")
-
 import mlx.core as mx
 import numpy as np
 
+from engine.backend import configure_long_running
 from kernels import ENV_OPS, gated_delta_decode_ops, gpu
 from kernels.serial import gated_delta_serial
 
@@ -175,6 +174,7 @@ def decode_row(runs: int, backend: str) -> dict:
 
 
 def main() -> None:
+    configure_long_running()  # the server's process settings (CUDA-graph and buffer caches)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--contexts", default="4096,16384")
     parser.add_argument("--runs", type=int, default=10)

@@ -20,10 +20,15 @@ OPENBLAS_GLOBS = (
 )
 
 
-# MLX's CUDA backend aborts the process ("Cache thrashing is happening") once its CUDA-graph cache has missed
-# more than twice its capacity over the process's life (the counter never resets): a server that sees many
-# prompt lengths reaches that. Read by MLX when the cache first misses, so set before any GPU work.
-LONG_RUNNING_ENV = {"MLX_ENABLE_CACHE_THRASHING_CHECK": "0"}
+# MLX's CUDA backend replays recorded CUDA graphs from an LRU cache of MLX_CUDA_GRAPH_CACHE_SIZE (default 100)
+# graphs of up to 20 kernels. A decode token alone is ~15 of them and each prefill shape adds dozens more, so
+# after a few chunked prefills the default evicts the decode step's graphs and every token re-instantiates
+# them: on an H200 decode after 512 / 2048 / 8192-token prefills ran at 307 / 264 tok/s with 100 and 403 / 345
+# with 1000 (docs/BENCHMARKS.md, seventh pass). Beyond that MLX aborts the process ("Cache thrashing is
+# happening") once the cache has missed more than twice its capacity over the process's life (the counter never
+# resets): a server that sees many prompt lengths reaches that. Both are read when MLX first records a graph, so
+# they are set before any GPU work.
+LONG_RUNNING_ENV = {"MLX_ENABLE_CACHE_THRASHING_CHECK": "0", "MLX_CUDA_GRAPH_CACHE_SIZE": "1000"}
 
 
 CACHE_FRACTION = 4  # MLX's buffer cache may hold up to 1/4 of the GPU's memory (prefill steps reuse it)
