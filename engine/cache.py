@@ -94,6 +94,10 @@ class FixedKV:
             self.values = mx.slice_update(self.values, v, at, axes=(2,))
         return self.keys, self.values
 
+    def written(self, keys: mx.array, values: mx.array) -> None:
+        """Take buffers that already hold this step's rows (a fused kernel wrote them)."""
+        self.keys, self.values = keys, values
+
     def filled(self, n: int) -> mx.array:
         """[1] int32: positions filled once the n new tokens are written (shared by the layers)."""
         return self._memo(("filled", n), lambda: (self.offset + n).reshape(1))

@@ -245,15 +245,18 @@ class Attention(FusedProjections):
         else:
             q, k = fused
         v = v.reshape(B, T, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
+        # On NVIDIA GPUs a compiled decode step's KV write, attention and output gate run as two fused kernels,
+        # and causal prefill's attention as one (out [B, T, H, D]); elsewhere MLX's attention.
+        if isinstance(cache, FixedKV) and (fused := decode_attention(
+                q, k, v, cache.keys, cache.values, cache.filled(T), qg, self.scale)) is not None:
+            o, keys, values = fused
+            cache.written(keys, values)
+            return self.o_proj(o)
         k, v = cache.update_and_fetch(k, v)
-        # On NVIDIA GPUs: a compiled decode step's query against its whole buffers, and causal prefill, each run
-        # fused kernels (out [B, T, H, D]); elsewhere MLX's attention.
-        o = decode_attention(q, k, v, cache.filled(T), self.scale) if isinstance(cache, FixedKV) else None
+        mask = cache.mask(T)
+        o = causal_attention(q, k, v, self.scale) if isinstance(mask, str) else None
         if o is None:
-            mask = cache.mask(T)
-            o = causal_attention(q, k, v, self.scale) if isinstance(mask, str) else None
-            if o is None:
-                o = mlx_attention(q, k, v, self.scale, mask).transpose(0, 2, 1, 3)
+            o = mlx_attention(q, k, v, self.scale, mask).transpose(0, 2, 1, 3)
         o = o.reshape(B, T, -1)
         return self.o_proj(_sigmoid_gate(o, gate.reshape(B, T, -1)))
 

@@ -5,9 +5,10 @@ reads a [heads, queries, keys] score matrix per call: at 8192 tokens that was ~3
 prefill on an H200. This kernel keeps scores on chip (FlashAttention-2's online softmax). It serves causal
 prefill. `decode_attention` serves a decode step's one query against the compiled step's whole cache buffers
 (their first n positions filled): MLX's vector kernel takes no array mask, so that masked call falls back to
-matmul, select, softmax and matmul a layer; here it is two launches (keys split over blocks, then a combine)
-and no mask. Both return None wherever they do not apply, so the caller falls back to
-`mx.fast.scaled_dot_product_attention`. DELTASERVE_ATTENTION=mlx switches them off.
+matmul, select, softmax and matmul a layer, after a select a buffer for the KV write and before the output gate's
+copy and multiply; here all of it is two launches (keys split over blocks, each also writing its positions of the
+new buffers, then a combine that applies the gate) and no mask. Both return None wherever they do not apply, so
+the caller falls back to `mx.fast.scaled_dot_product_attention`. DELTASERVE_ATTENTION=mlx switches them off.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ THREADS = 128
 # (ldmatrix, cp.async and bf16 tensor cores).
 DECODE_KEYS = 64  # keys one block of the split decode attention walks (16 a warp: a few memory round trips)
 DECODE_THREADS = 128
-DECODE_BODIES = {"attention_decode": (("q", "k", "v", "n"), ("po", "pm", "pl")),
-                 "attention_combine": (("po", "pm", "pl"), ("out",))}
+DECODE_BODIES = {"attention_decode": (("q", "kn", "vn", "k", "v", "n"), ("po", "pm", "pl", "ko", "vo")),
+                 "attention_combine": (("po", "pm", "pl", "qg"), ("out",))}
 QK_ROWS = 8  # (token, head) rows a threadgroup of qk_norm_rope: one 32-lane group each
 QK_NAMES = (("qg", "k", "wq", "wk", "pos"), ("qo", "ko"))  # its inputs, outputs
 OPT_IN_SMEM_KB = {(8, 0): 163, (8, 6): 99, (8, 7): 163, (8, 9): 99, (9, 0): 227, (10, 0): 227, (12, 0): 99}
@@ -131,24 +132,33 @@ def _decode_kernel(body: str):
     return build_kernel("cuda", body, f"{body}_cuda.body", *DECODE_BODIES[body])
 
 
-def decode_attention(q: mx.array, k: mx.array, v: mx.array, n_keys: mx.array, scale: float) -> mx.array | None:
-    """softmax(q k[:n]^T * scale) v[:n] for one query a sequence, q [B, Hq, 1, D], against cache buffers k, v
-    [B, Hkv, L, D] of which the first n = n_keys (int32, one element, on the device) positions are filled; out
-    [B, 1, Hq, D]; None where `decode_unsupported`."""
-    if decode_unsupported(q, k, v, scale) is not None:
+def decode_attention(q: mx.array, k: mx.array, v: mx.array, k_cache: mx.array, v_cache: mx.array,
+                     n_keys: mx.array, qg: mx.array, scale: float) -> tuple[mx.array, mx.array, mx.array] | None:
+    """One decode token of Qwen3.5's gated attention on the compiled step's whole cache buffers: writes this token's
+    key / value rows k, v [B, Hkv, 1, D] at position n - 1 of k_cache, v_cache [B, Hkv, L, D] (n = n_keys, int32,
+    one element, on the device: the positions filled after the write), then softmax(q kc[:n]^T * scale) vc[:n]
+    for q [B, Hq, 1, D], times sigmoid of each head's gate (qg [B, 1, Hq * 2D]: each head's query, then its gate).
+    Returns (out [B, 1, Hq * D], the new k_cache, the new v_cache); None where `decode_unsupported` (the caller
+    writes the cache and runs MLX's attention and gate)."""
+    if decode_unsupported(q, k_cache, v_cache, scale) is not None:
         return None
     B, Hq, _, D = q.shape
-    S = -(-k.shape[2] // DECODE_KEYS)
-    po, pm, pl = _decode_kernel("attention_decode")(
-        inputs=[q, k, v, n_keys.astype(mx.int32)], output_shapes=[(B, Hq, S, D), (B, Hq, S), (B, Hq, S)],
-        output_dtypes=[mx.float32] * 3, grid=(S * DECODE_THREADS, Hq, B), threadgroup=(DECODE_THREADS, 1, 1),
-        template=[("DT", q.dtype), ("D", D), ("HQ", Hq), ("HKV", k.shape[1]), ("CH", DECODE_KEYS),
-                  ("NT", DECODE_THREADS)])
+    Hkv, L = k_cache.shape[1], k_cache.shape[2]
+    if (k.shape != (B, Hkv, 1, D) or v.shape != k.shape or k.dtype != q.dtype or v.dtype != q.dtype
+            or qg.shape != (B, 1, Hq * 2 * D) or qg.dtype != q.dtype):
+        return None
+    S = -(-L // DECODE_KEYS)
+    po, pm, pl, k_cache, v_cache = _decode_kernel("attention_decode")(
+        inputs=[q, k, v, k_cache, v_cache, n_keys.astype(mx.int32)],
+        output_shapes=[(B, Hq, S, D), (B, Hq, S), (B, Hq, S), k_cache.shape, v_cache.shape],
+        output_dtypes=[mx.float32] * 3 + [q.dtype] * 2, grid=(S * DECODE_THREADS, Hq, B),
+        threadgroup=(DECODE_THREADS, 1, 1),
+        template=[("DT", q.dtype), ("D", D), ("HQ", Hq), ("HKV", Hkv), ("CH", DECODE_KEYS), ("NT", DECODE_THREADS)])
     (out,) = _decode_kernel("attention_combine")(
-        inputs=[po, pm, pl], output_shapes=[(B, 1, Hq, D)], output_dtypes=[q.dtype],
+        inputs=[po, pm, pl, qg], output_shapes=[(B, 1, Hq * D)], output_dtypes=[q.dtype],
         grid=(Hq * DECODE_THREADS, B, 1), threadgroup=(DECODE_THREADS, 1, 1),
         template=[("DT", q.dtype), ("D", D), ("HQ", Hq), ("NT", DECODE_THREADS)])
-    return out
+    return out, k_cache, v_cache
 
 
 @functools.cache

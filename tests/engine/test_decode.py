@@ -59,21 +59,27 @@ def test_compiled_and_op_by_op_steps_agree_token_by_token(checkpoint):
 
 
 def test_the_fused_decode_attention_is_wired_to_its_contract(checkpoint, monkeypatch):
-    """On NVIDIA GPUs the compiled step hands `kernels.attention.decode_attention` the buffers after this token's
-    write and n = offset + 1, and reads its [B, 1, H, D] output. With a stand-in that computes that documented
-    contract in MLX ops (the kernels themselves are checked in tests/kernels), the compiled step's logits equal
-    the op-by-op step's, across a buffer growth; a wrong n or layout would not."""
+    """On NVIDIA GPUs the compiled step hands `kernels.attention.decode_attention` this token's q, k, v, the
+    buffers before its write, n = offset + 1 and the packed query|gate projection, and takes the gated output
+    [B, 1, H * D] and the written buffers. With a stand-in that computes that documented contract in MLX ops (the
+    kernels themselves are checked in tests/kernels), the compiled step's logits and caches equal the op-by-op
+    step's, across a buffer growth; a wrong n, position or layout would not."""
     import engine.model as model_module
 
     calls = []
 
-    def contract(q, k, v, n_keys, scale):
+    def contract(q, k, v, k_cache, v_cache, n_keys, qg, scale):
         calls.append(q.shape)
-        filled = (mx.arange(k.shape[2]) < n_keys)[None, None, None, :]
-        rep = q.shape[1] // k.shape[1]
-        k, v = mx.repeat(k, rep, axis=1), mx.repeat(v, rep, axis=1)
-        s = mx.where(filled, (q * scale) @ k.swapaxes(-1, -2), -mx.inf)
-        return (mx.softmax(s, axis=-1, precise=True) @ v).transpose(0, 2, 1, 3)
+        B, Hq, _, D = q.shape
+        positions = mx.arange(k_cache.shape[2])
+        at = (positions == n_keys - 1)[:, None]
+        k_cache, v_cache = mx.where(at, k, k_cache), mx.where(at, v, v_cache)
+        rep = Hq // k_cache.shape[1]
+        kr, vr = mx.repeat(k_cache, rep, axis=1), mx.repeat(v_cache, rep, axis=1)
+        s = mx.where((positions < n_keys)[None, None, None, :], (q * scale) @ kr.swapaxes(-1, -2), -mx.inf)
+        o = (mx.softmax(s, axis=-1, precise=True) @ vr).transpose(0, 2, 1, 3).reshape(B, 1, Hq * D)
+        gate = qg.reshape(B, 1, Hq, 2 * D)[..., D:].reshape(B, 1, Hq * D)
+        return o * mx.sigmoid(gate), k_cache, v_cache
 
     monkeypatch.setattr(model_module, "decode_attention", contract)
     model, ids, _ = checkpoint
@@ -85,6 +91,11 @@ def test_the_fused_decode_attention_is_wired_to_its_contract(checkpoint, monkeyp
         token = mx.array([t])
         a, b = step(token, caches[0]), decode_step(model, token, caches[1])
         assert_close_to_scale("logits", np.array(a), np.array(b), rel=1e-5)
+    for c0, c1 in zip(*caches, strict=True):
+        if isinstance(c0, KVCache):
+            for x, y in ((c0.keys, c1.keys), (c0.values, c1.values)):
+                assert_close_to_scale("kv", np.array(x[..., : c0.offset, :]), np.array(y[..., : c1.offset, :]),
+                                      rel=1e-5)
     assert calls and all(shape[2] == 1 for shape in calls)
 
 

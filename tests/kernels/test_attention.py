@@ -40,6 +40,24 @@ def inputs(B, Hq, Hkv, T, L, D, dtype, seed):
     return as_mx, exact
 
 
+def decode_attention_case(B, Hq, Hkv, L, D, n, dtype, seed):
+    """Arguments of `attention.decode_attention` (less the scale) for one decode token at position n - 1 of
+    L-position buffers that hold junk from n - 1 on (1e3: a leaked position would dominate); the float64 oracle
+    of its gated output [B, 1, Hq * D]; and the buffers it must return (row n - 1 replaced, as float64)."""
+    (q, k, v), (eq, ek, ev) = inputs(B=B, Hq=Hq, Hkv=Hkv, T=1, L=L, D=D, dtype=dtype, seed=seed)
+    rng = np.random.default_rng(seed + 1)
+    qg = mx.array(rng.normal(size=(B, 1, Hq * 2 * D)).astype(np.float32) * 2).astype(dtype)
+    junk = (mx.arange(L) >= n - 1)[None, None, :, None]
+    kc, vc = (mx.where(junk, 1e3, x).astype(dtype) for x in (k, v))
+    kn, vn = k[:, :, n - 1 : n], v[:, :, n - 1 : n]
+    gate = np.array(qg.astype(mx.float32)).astype(np.float64).reshape(B, 1, Hq, 2 * D)[..., D:]
+    o = oracle(eq, ek[:, :, :n], ev[:, :, :n]) / (1 + np.exp(-gate))
+    written = [np.array(x.astype(mx.float32)).astype(np.float64) for x in (kc, vc)]
+    for w, e in zip(written, (ek, ev), strict=True):
+        w[:, :, n - 1] = e[:, :, n - 1]
+    return (q, kn, vn, kc, vc, mx.array([n]), qg), o.reshape(B, 1, Hq * D), written
+
+
 @gpu_only
 @pytest.mark.parametrize("dtype", [mx.bfloat16, mx.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("shape", [
@@ -106,7 +124,8 @@ def test_decode_kernels_fall_back_where_they_do_not_apply(monkeypatch):
     monkeypatch.delenv(attention.ENV)
     if not ON_CUDA:
         assert "NVIDIA" in reason()
-        assert attention.decode_attention(*(mx.zeros((1, 2, 1, 64)),) * 3, mx.array([1]), 0.125) is None
+        kv = mx.zeros((1, 2, 1, 64))
+        assert attention.decode_attention(kv, kv, kv, kv, kv, mx.array([1]), mx.zeros((1, 1, 256)), 0.125) is None
         return
     assert reason() is None and reason(dtype=mx.float32) is None
     assert "queries" in reason(shapes=dict(q=(1, 8, 2, 256)))
@@ -119,21 +138,25 @@ def test_decode_kernels_fall_back_where_they_do_not_apply(monkeypatch):
 @pytest.mark.parametrize("dtype", [mx.bfloat16, mx.float16, mx.float32], ids=["bf16", "fp16", "fp32"])
 @pytest.mark.parametrize("n", [1, 256, 257, 513, 3000, 4096], ids=lambda n: f"n{n}")
 def test_decode_attention_matches_float64_oracle_and_mlx(n, dtype):
-    """The split decode attention on the card: the model's heads (8 over 2, D = 256), a 4096-position buffer
-    whose first n positions are filled (the rest huge: a leaked position would dominate), against the float64
-    oracle and MLX's masked attention."""
+    """The split decode attention with its KV write and output gate on the card: the model's heads (8 over 2,
+    D = 256), a 4096-position buffer, the new row at n - 1, against the float64 oracle and the model's MLX ops
+    (a select, masked attention, sigmoid gate)."""
     seed = int.from_bytes(os.urandom(4), "little")
-    (q, k, v), (eq, ek, ev) = inputs(B=2, Hq=8, Hkv=2, T=1, L=4096, D=256, dtype=dtype, seed=seed)
-    junk = (mx.arange(4096) >= n)[None, None, :, None]
-    k, v = mx.where(junk, 1e3, k).astype(dtype), mx.where(junk, 1e3, v).astype(dtype)
-    out = attention.decode_attention(q, k, v, mx.array([n]), 256**-0.5)
-    assert out is not None and out.shape == (2, 1, 8, 256)
-    got = np.array(out.astype(mx.float32))
-    rel = {mx.bfloat16: 8e-3, mx.float16: 1e-3, mx.float32: 1e-5}[dtype]  # one rounding of the output
-    assert_close_to_scale(f"out (seed {seed})", got, oracle(eq, ek[:, :, :n], ev[:, :, :n]), rel=rel)
+    args, ref, written = decode_attention_case(B=2, Hq=8, Hkv=2, L=4096, D=256, n=n, dtype=dtype, seed=seed)
+    got = attention.decode_attention(*args, 256**-0.5)
+    assert got is not None and got[0].shape == (2, 1, 8 * 256)
+    out, ko, vo = (np.array(x.astype(mx.float32)) for x in got)
+    rel = {mx.bfloat16: 1.2e-2, mx.float16: 2e-3, mx.float32: 1e-5}[dtype]  # o, the gate and the product rounded
+    assert_close_to_scale(f"out (seed {seed})", out, ref, rel=rel)
+    np.testing.assert_array_equal(ko, written[0])
+    np.testing.assert_array_equal(vo, written[1])
+    q, kn, vn, kc, vc, _, qg = args
+    at = (mx.arange(4096) == n - 1)[:, None]
+    kc, vc = mx.where(at, kn, kc), mx.where(at, vn, vc)
     mask = (mx.arange(4096) < n)[None, None, None, :]
-    mlx_out = mx.fast.scaled_dot_product_attention(q, k, v, scale=256**-0.5, mask=mask).transpose(0, 2, 1, 3)
-    assert_close_to_scale("vs MLX", got, np.array(mlx_out.astype(mx.float32)), rel=2 * rel + 8e-3)
+    o = mx.fast.scaled_dot_product_attention(q, kc, vc, scale=256**-0.5, mask=mask).transpose(0, 2, 1, 3)
+    mlx_out = o.reshape(2, 1, -1) * mx.sigmoid(qg.reshape(2, 1, 8, 512)[..., 256:].reshape(2, 1, -1))
+    assert_close_to_scale("vs MLX", out, np.array(mlx_out.astype(mx.float32)), rel=2 * rel + 8e-3)
 
 
 @gpu_only

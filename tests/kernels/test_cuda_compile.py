@@ -140,7 +140,7 @@ def test_decode_attention_kernels_compile_without_spills(body, dtype, tmp_path):
     from kernels import attention
 
     inputs, outputs = attention.DECODE_BODIES[body]
-    types = {n: dtype if n in ("q", "k", "v", "out") else "int32" if n == "n" else "float32" for n in inputs + outputs}
+    types = {n: "int32" if n == "n" else "float32" if n in ("po", "pm", "pl") else dtype for n in inputs + outputs}
     template = dict(DT=dtype, D=256, HQ=8, NT=attention.DECODE_THREADS)
     if body == "attention_decode":
         template |= dict(HKV=2, CH=attention.DECODE_KEYS)

@@ -15,6 +15,7 @@ from kernels import attention, gpu
 from tests.kernels import oracle
 from tests.kernels.emulator.cuda_emulate import as_float, record_launches, run_launches
 from tests.kernels.inputs import decode_inputs, make_gdn_inputs, prologue_inputs
+from tests.kernels.test_attention import decode_attention_case
 from tests.kernels.test_attention import inputs as attention_inputs
 from tests.kernels.test_attention import oracle as attention_oracle
 from tests.numerics import assert_close_to_scale
@@ -129,16 +130,16 @@ def test_cuda_attention_kernel_matches_the_oracle(tmp_path, monkeypatch, shape, 
 @pytest.mark.parametrize("dtype", [mx.bfloat16, mx.float32], ids=["bf16", "fp32"])
 @pytest.mark.parametrize("n", [1, 255, 256, 257, 600], ids=lambda n: f"n{n}")
 def test_cuda_decode_attention_matches_the_oracle(tmp_path, monkeypatch, n, dtype):
-    """The split decode attention against a 600-position buffer (three key blocks: empty, partial and full ones),
-    its first n positions filled and the rest huge (a leaked position would dominate), grouped heads, B = 2."""
+    """The split decode attention with its KV write and output gate against a 600-position buffer (three key
+    blocks: empty, partial and full ones): the new row lands at n - 1 (the buffers hold junk there and past it,
+    large enough that a leaked position would dominate), grouped heads, B = 2."""
     monkeypatch.setattr(attention, "decode_unsupported", lambda *a: None)  # the CPU: the kernels would not be chosen
-    (q, k, v), (eq, ek, ev) = attention_inputs(B=2, Hq=4, Hkv=2, T=1, L=600, D=64, dtype=dtype, seed=n)
-    junk = (mx.arange(600) >= n)[None, None, :, None]
-    k, v = mx.where(junk, 1e3, k).astype(dtype), mx.where(junk, 1e3, v).astype(dtype)
-    (out,) = _run(tmp_path, lambda: [attention.decode_attention(q, k, v, mx.array([n]), 64**-0.5)])
-    assert out.shape == (2, 1, 4, 64)
-    want = attention_oracle(eq, ek[:, :, :n], ev[:, :, :n])
-    assert_close_to_scale("out", out, want, rel=1e-5 if dtype == mx.float32 else 8e-3)  # one rounding of the output
+    args, ref, (kc, vc) = decode_attention_case(B=2, Hq=4, Hkv=2, L=600, D=64, n=n, dtype=dtype, seed=n)
+    out, ko, vo = _run(tmp_path, lambda: list(attention.decode_attention(*args, 64**-0.5)))
+    assert out.shape == (2, 1, 4 * 64)
+    assert_close_to_scale("out", out, ref, rel=1e-5 if dtype == mx.float32 else 1.2e-2)  # o, gate, product rounded
+    np.testing.assert_array_equal(ko, kc)  # the write is a copy: exact
+    np.testing.assert_array_equal(vo, vc)
 
 
 @pytest.mark.parametrize("dtype", [mx.bfloat16, mx.float32], ids=["bf16", "fp32"])
