@@ -30,10 +30,8 @@ def _no_gdn_core(q, k, v, g, beta, state, **_):
     return mx.zeros(v.shape, v.dtype), state
 
 
-def _no_gdn_decode(qkv, conv_state, conv_w, a, b, a_log, dt_bias, state, *, num_k_heads, head_k_dim):
-    hv = a.shape[-1]
-    dv = (qkv.shape[-1] - 2 * num_k_heads * head_k_dim) // hv
-    return mx.zeros((qkv.shape[0], 1, hv, dv), qkv.dtype), conv_state, state
+def _no_gdn_decode(qkv, conv_state, conv_w, a, b, a_log, dt_bias, state, z, norm_w, **_):
+    return z, conv_state, state  # [B, 1, Hv, Dv] in the model's dtype, the output's shape
 
 
 def _no_attention_core(q, k, v, scale, mask=None):

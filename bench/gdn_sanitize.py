@@ -14,7 +14,7 @@ os.environ.setdefault("MLX_ENABLE_TF32", "0")  # the ops reference must not run 
 import mlx.core as mx
 import numpy as np
 
-from kernels import ENV_OPS, gated_delta_decode_ops, gpu
+from kernels import ENV_OPS, gated_delta_decode, gpu
 from kernels.chunked import gated_delta_chunked
 from kernels.serial import gated_delta_serial
 
@@ -52,11 +52,12 @@ def main() -> int:
     row, past, w = normal(B, 1, cd), normal(B, 3, cd), normal(cd, 4, 1, scale=0.5)
     a_, b_ = normal(B, 1, Hv), normal(B, 1, Hv)
     a_log, dt_bias = mx.array(np.log(rng.uniform(0.5, 16, Hv)).astype(np.float32)), mx.zeros((Hv,))
-    out, conv, state = gpu.decode(row, past, w, a_, b_, a_log, dt_bias, args[5], num_k_heads=Hk, head_k_dim=Dk,
-                                  backend=backend)
+    z, nw = normal(B, 1, Hv, Dv), mx.array(rng.uniform(0.5, 1.5, Dv).astype(np.float32))
+    out, conv, state = gpu.decode(row, past, w, a_, b_, a_log, dt_bias, args[5], z, nw, num_k_heads=Hk,
+                                  head_k_dim=Dk, eps=1e-6, backend=backend)
     os.environ[ENV_OPS] = "1"  # the reference's serial step as MLX ops too
-    ref_out, ref_conv, ref_state = gated_delta_decode_ops(row, past, w, a_, b_, a_log, dt_bias, args[5],
-                                                          num_k_heads=Hk, head_k_dim=Dk)
+    ref_out, ref_conv, ref_state = gated_delta_decode(row, past, w, a_, b_, a_log, dt_bias, args[5], z, nw,
+                                                      num_k_heads=Hk, head_k_dim=Dk, eps=1e-6)
     del os.environ[ENV_OPS]
     worst = max(worst, _err(out, ref_out), _err(conv, ref_conv), _err(state, ref_state))
     # bf16 q / k / v: the 16-bit key staging, and (on CUDA) the plain-TF32 products; checked against the fp32

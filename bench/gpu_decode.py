@@ -1,7 +1,7 @@
 """One GDN decode step (T = 1, B = 1, 16 heads x 128, bf16) repeated 11 times, for GPU-time measurement under a
 profiler: the core's step by our serial kernel (`kernel`) or the MLX-ops path (`ops`), or a whole layer's step
-from its projections (conv, SiLU, q / k norms, decay, beta, the step, the conv-cache shift) by the fused decode
-kernel (`fused`) or as MLX ops (`layer-ops`):
+from its projections (conv, SiLU, q / k norms, decay, beta, the step, the conv-cache shift, the output's gated
+norm) by the fused decode kernel (`fused`) or as MLX ops (`layer-ops`; the norm by its own kernel):
 
     ncu --csv --metrics gpu__time_duration.sum python bench/gpu_decode.py kernel|ops|fused|layer-ops
 """
@@ -28,6 +28,7 @@ qkv, past = mx.random.normal((1, 1, 3 * H * D)).astype(mx.bfloat16), mx.zeros((1
 conv_w = (mx.random.normal((3 * H * D, K, 1)) * 0.5).astype(mx.bfloat16)
 a, b = mx.random.normal((1, 1, H)).astype(mx.bfloat16), mx.random.normal((1, 1, H)).astype(mx.bfloat16)
 a_log, dt_bias = mx.log(mx.random.uniform(0.5, 16, (H,))), mx.zeros((H,))
+z, norm_w = mx.random.normal((1, 1, H, D)).astype(mx.bfloat16), mx.ones((D,), mx.bfloat16)
 state = mx.zeros((1, H, D, D))
 mx.eval(q, k, v, g, beta, qkv, past, conv_w, a, b, a_log, dt_bias, state)
 backend = gpu.gpu_backend()
@@ -37,7 +38,7 @@ for _ in range(STEPS):
     elif mode == "ops":
         out, state = gated_delta_serial(q, k, v, g, beta, state)
     else:  # fused / layer-ops: kernels.gated_delta_decode takes the kernel unless ENV_OPS is set
-        out, past, state = gated_delta_decode(qkv, past, conv_w, a, b, a_log, dt_bias, state, num_k_heads=H,
-                                              head_k_dim=D)
+        out, past, state = gated_delta_decode(qkv, past, conv_w, a, b, a_log, dt_bias, state, z, norm_w,
+                                              num_k_heads=H, head_k_dim=D, eps=1e-6)
     mx.eval(out, state, past)
 mx.synchronize()

@@ -22,7 +22,7 @@ import mlx.core as mx
 import numpy as np
 
 from engine.backend import configure_long_running
-from kernels import ENV_OPS, gated_delta_decode_ops, gpu
+from kernels import ENV_OPS, gated_delta_decode, gpu
 from kernels.serial import gated_delta_serial
 
 H, D = 16, 128
@@ -154,16 +154,19 @@ def decode_row(runs: int, backend: str) -> dict:
     w = mx.array((rng.normal(size=(cd, 4, 1)) * 0.5).astype(np.float32)).astype(mx.bfloat16)
     a, b = (mx.array(rng.normal(size=(1, 1, H)).astype(np.float32)).astype(mx.bfloat16) for _ in range(2))
     a_log, dt_bias = mx.array(np.log(rng.uniform(0.5, 16, H)).astype(np.float32)), mx.zeros((H,))
+    z = mx.array(rng.normal(size=(1, 1, H, D)).astype(np.float32)).astype(mx.bfloat16)
+    nw = mx.array(rng.uniform(0.5, 1.5, D).astype(np.float32)).astype(mx.bfloat16)
 
     def layer_ops():
-        os.environ[ENV_OPS] = "1"  # the serial step as MLX ops as well
+        os.environ[ENV_OPS] = "1"  # the serial step as MLX ops as well (the gated norm: its own kernel)
         try:
-            return gated_delta_decode_ops(row, past, w, a, b, a_log, dt_bias, s0, num_k_heads=H, head_k_dim=D)
+            return gated_delta_decode(row, past, w, a, b, a_log, dt_bias, s0, z, nw, num_k_heads=H, head_k_dim=D,
+                                      eps=1e-6)
         finally:
             del os.environ[ENV_OPS]
 
-    fused = lambda: gpu.decode(row, past, w, a, b, a_log, dt_bias, s0, num_k_heads=H, head_k_dim=D,  # noqa: E731
-                               backend=backend)
+    fused = lambda: gpu.decode(row, past, w, a, b, a_log, dt_bias, s0, z, nw, num_k_heads=H,  # noqa: E731
+                               head_k_dim=D, eps=1e-6, backend=backend)
     o_f, c_f, s_f = fused()
     o_o, c_o, s_o = layer_ops()
     res["layer_gate"] = max(rel_err(o_f.astype(mx.float32), o_o.astype(mx.float32)), rel_err(s_f, s_o),

@@ -101,13 +101,6 @@ def _sigmoid_gate(x: mx.array, gate: mx.array) -> mx.array:
     return x * mx.sigmoid(gate)
 
 
-@partial(mx.compile, shapeless=True)
-def _gated_tail(normed: mx.array, weight: mx.array, gate: mx.array) -> mx.array:
-    """w * normed * silu(z) in fp32, back to normed's dtype: one fused kernel where MLX compiles."""
-    g = gate.astype(mx.float32)
-    return (weight * normed * (g * mx.sigmoid(g))).astype(normed.dtype)
-
-
 def fuse_linears(layers: list[nn.Module]) -> nn.Module | None:
     """One layer computing `layers`' outputs side by side (their rows stacked), when all are Linear, or all
     QuantizedLinear with one quantization, with the same parameters; else None."""
@@ -160,7 +153,7 @@ class RMSNormGated(nn.Module):
 
     def __call__(self, x: mx.array, gate: mx.array) -> mx.array:
         # rms_norm (fp32 inside, x's dtype out), then the tail: one kernel on GPUs
-        return gated_rms_norm(x, gate, self.weight, self.eps, _gated_tail)
+        return gated_rms_norm(x, gate, self.weight, self.eps)
 
 
 class GatedDeltaNet(FusedProjections):
@@ -191,21 +184,21 @@ class GatedDeltaNet(FusedProjections):
     def __call__(self, x: mx.array, cache: GDNCache) -> mx.array:
         B, T, _ = x.shape
         qkv, z, b, a = self.project(x)
-        if T == 1:  # decode: conv, norms, gates and the serial step fused into one call (one kernel on GPUs)
+        z = z.reshape(B, T, self.num_v_heads, self.head_v_dim)
+        if T == 1:  # decode: conv, norms, gates, the serial step and the gated norm in one call (one kernel on GPUs)
             out, cache.conv_state, cache.state = gated_delta_decode(
-                qkv, cache.conv_state, self.conv1d.weight, a, b, self.A_log, self.dt_bias, cache.state,
-                num_k_heads=self.num_k_heads, head_k_dim=self.head_k_dim)
-        else:
-            q, k, v, cache.conv_state = gated_delta_prologue(  # conv, SiLU, split, q / k norms: one kernel on GPUs
-                qkv, cache.conv_state, self.conv1d.weight, num_k_heads=self.num_k_heads, head_k_dim=self.head_k_dim,
-                num_v_heads=self.num_v_heads)
-            g, beta = decay_and_beta(a, b, self.A_log, self.dt_bias)
-            state = cache.state
-            if state is None:
-                state = mx.zeros((B, self.num_v_heads, self.head_v_dim, self.head_k_dim), dtype=mx.float32)
-            out, cache.state = gated_delta(q, k, v, g, beta, state, method=cache.method, chunk_size=cache.chunk_size)
-        out = self.norm(out, z.reshape(B, T, self.num_v_heads, self.head_v_dim)).reshape(B, T, self.value_dim)
-        return self.out_proj(out)
+                qkv, cache.conv_state, self.conv1d.weight, a, b, self.A_log, self.dt_bias, cache.state, z,
+                self.norm.weight, num_k_heads=self.num_k_heads, head_k_dim=self.head_k_dim, eps=self.norm.eps)
+            return self.out_proj(out.reshape(B, T, self.value_dim))
+        q, k, v, cache.conv_state = gated_delta_prologue(  # conv, SiLU, split, q / k norms: one kernel on GPUs
+            qkv, cache.conv_state, self.conv1d.weight, num_k_heads=self.num_k_heads, head_k_dim=self.head_k_dim,
+            num_v_heads=self.num_v_heads)
+        g, beta = decay_and_beta(a, b, self.A_log, self.dt_bias)
+        state = cache.state
+        if state is None:
+            state = mx.zeros((B, self.num_v_heads, self.head_v_dim, self.head_k_dim), dtype=mx.float32)
+        out, cache.state = gated_delta(q, k, v, g, beta, state, method=cache.method, chunk_size=cache.chunk_size)
+        return self.out_proj(self.norm(out, z).reshape(B, T, self.value_dim))
 
 
 class Attention(FusedProjections):

@@ -14,6 +14,7 @@ import mlx.core as mx
 
 from kernels import gpu
 from kernels.chunked import CHUNK_SIZES, gated_delta_chunked
+from kernels.norm import gated_rms_norm
 from kernels.prologue import conv_split, decay_and_beta
 from kernels.serial import gated_delta_serial
 
@@ -98,15 +99,20 @@ def gated_delta_decode(
     a_log: mx.array,
     dt_bias: mx.array,
     state: mx.array | None,
+    z: mx.array,
+    norm_w: mx.array,
     *,
     num_k_heads: int,
     head_k_dim: int,
+    eps: float,
 ) -> tuple[mx.array, mx.array, mx.array]:
-    """One decode token of a GDN layer: causal conv + SiLU of the projections qkv [B, 1, 2 Hk Dk + Hv Dv]
-    against the cached K-1 rows conv_state [B, K-1, ·] (None: zeros; conv_w [·, K, 1]), the q / k l2-norm, the
-    decay and beta from a, b [B, 1, Hv], and the serial step of state [B, Hv, Dv, Dk] (None: zeros). Returns
-    (out [B, 1, Hv, Dv] in qkv's dtype, the new conv rows, the new state). One kernel on GPUs (decode is bound
-    by launches); kernels/prologue.py and the serial core elsewhere, which the kernel reproduces."""
+    """One decode token of a GDN layer, from its projections to the input of its output projection: causal conv
+    + SiLU of qkv [B, 1, 2 Hk Dk + Hv Dv] against the cached K-1 rows conv_state [B, K-1, ·] (None: zeros; conv_w
+    [·, K, 1]), the q / k l2-norm, the decay and beta from a, b [B, 1, Hv], the serial step of state [B, Hv, Dv,
+    Dk] (None: zeros), then the output's gated RMSNorm (`norm.gated_rms_norm` with gate z [B, 1, Hv, Dv], weight
+    norm_w [Dv], eps). Returns (out [B, 1, Hv, Dv] in qkv's dtype, the new conv rows, the new state). One kernel
+    on GPUs (decode is bound by launches); kernels/prologue.py, the serial core and the norm elsewhere, which the
+    kernel reproduces."""
     B, _, CD = qkv.shape
     Hv = a.shape[-1]
     Dv = (CD - 2 * num_k_heads * head_k_dim) // Hv
@@ -115,17 +121,19 @@ def gated_delta_decode(
     if conv_state is None:
         conv_state = mx.zeros((B, conv_w.shape[1] - 1, CD), dtype=qkv.dtype)
     backend = _backend()
-    if backend and qkv.shape[1] == 1 and not gpu.unsupported_dims(head_k_dim, Dv, None, backend):
-        return gpu.decode(qkv, conv_state, conv_w, a, b, a_log, dt_bias, state, num_k_heads=num_k_heads,
-                          head_k_dim=head_k_dim, backend=backend)
-    return gated_delta_decode_ops(qkv, conv_state, conv_w, a, b, a_log, dt_bias, state, num_k_heads=num_k_heads,
-                                  head_k_dim=head_k_dim)
+    if (backend and qkv.shape[1] == 1 and not gpu.unsupported_dims(head_k_dim, Dv, None, backend)
+            and z.shape == (B, 1, Hv, Dv) and norm_w.shape == (Dv,)):
+        return gpu.decode(qkv, conv_state, conv_w, a, b, a_log, dt_bias, state, z, norm_w, num_k_heads=num_k_heads,
+                          head_k_dim=head_k_dim, eps=eps, backend=backend)
+    out, conv_state, state = gated_delta_decode_ops(qkv, conv_state, conv_w, a, b, a_log, dt_bias, state,
+                                                    num_k_heads=num_k_heads, head_k_dim=head_k_dim)
+    return gated_rms_norm(out, z, norm_w, eps), conv_state, state
 
 
 def gated_delta_decode_ops(qkv, conv_state, conv_w, a, b, a_log, dt_bias, state, *, num_k_heads: int,
                            head_k_dim: int) -> tuple[mx.array, mx.array, mx.array]:
-    """`gated_delta_decode` as the prologue's ops plus one serial step (the reference of the fused kernel;
-    caches must be given)."""
+    """The GDN core of `gated_delta_decode` (its norm left out) as the prologue's ops plus one serial step (the
+    reference of the fused kernel; caches must be given)."""
     q, k, v, conv_state = conv_split(qkv, conv_state, conv_w, num_k_heads, a.shape[-1], head_k_dim)
     g, beta = decay_and_beta(a, b, a_log, dt_bias)
     out, state = gated_delta(q, k, v, g, beta, state, method="serial")

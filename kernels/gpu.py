@@ -23,6 +23,7 @@ STATE_THREADS = 256
 OUT_THREADS = 256
 STATE_TILE = 16  # DV columns per threadgroup in the sequential state pass
 SERIAL_ROWS = 4  # state rows per 32-thread group in the serial kernel (they share the q / k loads)
+DECODE_THREADS = 512  # at most, per threadgroup of the decode kernel: one head's DV rows (its norm reads them all)
 PROLOGUE_GROUPS = 8  # tokens (32-thread groups) per threadgroup of the prefill prologue: neighbours share rows
 SMEM_BYTES = {"cuda": 48 * 1024, "metal": 32 * 1024}  # static shared / threadgroup memory per group
 SLICE = {"cuda": 32, "metal": 16}  # operand columns staged per step (Metal: 32 KB of threadgroup memory)
@@ -34,7 +35,7 @@ BODIES = {
     "chunk_out": (("q", "hs", "r", "p", "gc"), ("out",)),
     "serial": (("q", "k", "v", "g", "beta", "state_in"), ("out", "state_out")),
     "prologue": (("qkv", "conv_state", "conv_w"), ("q", "k", "v", "conv_out")),
-    "decode": (("qkv", "conv_state", "conv_w", "a_proj", "b_proj", "a_log", "dt_bias", "state_in"),
+    "decode": (("qkv", "conv_state", "conv_w", "a_proj", "b_proj", "a_log", "dt_bias", "state_in", "z", "norm_w"),
                ("out", "conv_out", "state_out")),
 }
 
@@ -234,22 +235,30 @@ def serial(q, k, v, g, beta, state, *, backend: str, verbose: bool = False):
     return out, new_state
 
 
-def decode(qkv, conv_state, conv_w, a, b, a_log, dt_bias, state, *, num_k_heads: int, head_k_dim: int,
-           backend: str, verbose: bool = False):
-    """One decode token of a GDN layer in one kernel (see kernels.gated_delta_decode): one 32-thread group per
-    (SERIAL_ROWS value rows, head, sequence)."""
+def decode_rows(Dv: int) -> int:
+    """State rows per 32-thread group of the decode kernel: SERIAL_ROWS, or more where one head's Dv rows would
+    need more than DECODE_THREADS threads (a divisor of Dv either way: Dv is a multiple of 16)."""
+    return max(SERIAL_ROWS, Dv * 32 // DECODE_THREADS)
+
+
+def decode(qkv, conv_state, conv_w, a, b, a_log, dt_bias, state, z, norm_w, *, num_k_heads: int, head_k_dim: int,
+           eps: float, backend: str, verbose: bool = False):
+    """One decode token of a GDN layer in one kernel, its output's gated RMSNorm included (see
+    kernels.gated_delta_decode): one threadgroup per (head, sequence), `decode_rows` value rows a 32-thread
+    group."""
     B, _, CD = qkv.shape
     Hv, Dv = state.shape[1], state.shape[2]
     CK = conv_w.shape[1]
+    rows = decode_rows(Dv)
     out, conv_out, new_state = kernel(backend, "decode")(
         inputs=[qkv, conv_state.astype(qkv.dtype), conv_w, a, b, a_log.astype(mx.float32),
-                dt_bias.astype(mx.float32), state.astype(mx.float32)],
+                dt_bias.astype(mx.float32), state.astype(mx.float32), z, norm_w],
         output_shapes=[(B, 1, Hv, Dv), (B, CK - 1, CD), state.shape],
         output_dtypes=[qkv.dtype, qkv.dtype, mx.float32],
-        grid=(Dv // SERIAL_ROWS * 32, B * Hv, 1),
-        threadgroup=(32, 1, 1),
-        template=[("OutT", qkv.dtype), ("CK", CK), ("DK", head_k_dim), ("DV", Dv), ("HK", num_k_heads), ("HV", Hv),
-                  ("RPW", SERIAL_ROWS)],
+        grid=(Dv // rows * 32, B * Hv, 1),
+        threadgroup=(Dv // rows * 32, 1, 1),
+        template=[("OutT", qkv.dtype), ("WT", norm_w.dtype), ("CK", CK), ("DK", head_k_dim), ("DV", Dv),
+                  ("HK", num_k_heads), ("HV", Hv), ("RPW", rows), ("EPS", float_bits(eps))],
         verbose=verbose,
     )
     return out, conv_out, new_state

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
+from functools import partial
 
 import mlx.core as mx
 
@@ -45,14 +46,21 @@ def add_rms_norm(x: mx.array, r: mx.array, weight: mx.array, eps: float) -> tupl
     return h, y
 
 
-def gated_rms_norm(x: mx.array, gate: mx.array, weight: mx.array, eps: float, tail) -> mx.array:
-    """`tail(mx.fast.rms_norm(x, None, eps), weight, gate)` for x, gate [B, T, H, D] and the model's compiled
-    tail (weight * normed * silu(gate) in fp32, back to x's dtype), in one kernel on GPUs."""
+@partial(mx.compile, shapeless=True)
+def gated_tail(normed: mx.array, weight: mx.array, gate: mx.array) -> mx.array:
+    """weight * normed * silu(gate) in fp32, back to normed's dtype: one fused kernel where MLX compiles."""
+    g = gate.astype(mx.float32)
+    return (weight * normed * (g * mx.sigmoid(g))).astype(normed.dtype)
+
+
+def gated_rms_norm(x: mx.array, gate: mx.array, weight: mx.array, eps: float) -> mx.array:
+    """Qwen3.5's gated norm of the GDN output, `gated_tail(mx.fast.rms_norm(x, None, eps), weight, gate)` for x,
+    gate [B, T, H, D], in one kernel on GPUs."""
     backend = _backend()
     D = x.shape[-1]
     if (backend is None or x.ndim != 4 or gate.shape != x.shape or weight.shape != (D,) or D > 32 * MAX_PER_THREAD
             or x.size == 0):
-        return tail(mx.fast.rms_norm(x, None, eps), weight, gate)
+        return gated_tail(mx.fast.rms_norm(x, None, eps), weight, gate)
     rows = x.size // D
     (y,) = _kernel(backend, "gated_rms_norm")(
         inputs=[x, gate, weight], output_shapes=[x.shape], output_dtypes=[x.dtype],

@@ -53,13 +53,18 @@ def prologue_inputs(B=1, T=16, Hk=2, Hv=4, Dk=64, Dv=32, K=4, seed=0, dtype=mx.f
     return [np.array(a.astype(mx.float32)).astype(np.float64) for a in arrays], arrays
 
 
+DECODE_EPS = 1e-6  # the gated norm's eps in the decode inputs
+
+
 def decode_inputs(B=1, Hk=2, Hv=4, Dk=64, Dv=32, K=4, seed=0, dtype=mx.float32, empty=False):
-    """float64 arrays (qkv, conv_state, conv_w, a, b, a_log, dt_bias, state) and MLX arrays in `dtype` (the
-    model's projections and weights; gates' parameters and the state fp32), rounded first so both see the same."""
+    """float64 arrays (qkv, conv_state, conv_w, a, b, a_log, dt_bias, state, z, norm_w) and MLX arrays in `dtype`
+    (the model's projections and weights; gates' parameters and the state fp32), rounded first so both see the
+    same. z [B, 1, Hv, Dv] and norm_w [Dv] are the output norm's gate and weight (eps DECODE_EPS)."""
     ref, arrays = prologue_inputs(B, 1, Hk, Hv, Dk, Dv, K, seed, dtype, empty)
     rng = np.random.default_rng(seed + 1)
     x = [rng.normal(size=(B, 1, Hv)), rng.normal(size=(B, 1, Hv)),
-         np.log(rng.uniform(0.5, 16, Hv)), rng.normal(size=Hv), rng.normal(size=(B, Hv, Dv, Dk)) * 0.5]
-    arrays += [mx.array(a.astype(np.float32)).astype(dtype if i < 2 else mx.float32) for i, a in enumerate(x)]
+         np.log(rng.uniform(0.5, 16, Hv)), rng.normal(size=Hv), rng.normal(size=(B, Hv, Dv, Dk)) * 0.5,
+         rng.normal(size=(B, 1, Hv, Dv)) * 2, rng.uniform(0.5, 1.5, Dv)]
+    arrays += [mx.array(a.astype(np.float32)).astype(mx.float32 if 2 <= i <= 4 else dtype) for i, a in enumerate(x)]
     ref += [np.array(a.astype(mx.float32)).astype(np.float64) for a in arrays[3:]]
     return ref, arrays

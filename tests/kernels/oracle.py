@@ -96,10 +96,17 @@ def prologue(qkv, conv_state, conv_w, Hk, Dk, Hv):
     return q, k, v, window[:, window.shape[1] - (K - 1) :]
 
 
-def decode_step(qkv, conv_state, conv_w, a, b, a_log, dt_bias, state, Hk, Dk):
+def gated_norm(o, z, w, eps):
+    """Qwen3.5's gated RMSNorm of a GDN output in float64: w * o / sqrt(mean(o^2) + eps) * silu(z) per head."""
+    o, z, w = (np.asarray(x, dtype=np.float64) for x in (o, z, w))
+    return w * o / np.sqrt((o * o).mean(-1, keepdims=True) + eps) * z / (1 + np.exp(-z))
+
+
+def decode_step(qkv, conv_state, conv_w, a, b, a_log, dt_bias, state, z, norm_w, Hk, Dk, eps=1e-6):
     """One decode token of a Qwen3.5 GDN layer in float64: `prologue` of one row, g = -exp(A_log)
-    softplus(a + dt_bias), beta = sigmoid(b), then the recurrence. qkv [B, 1, CD]; conv_state [B, K-1, CD];
-    conv_w [CD, K, 1]; a, b [B, 1, Hv]; state [B, Hv, Dv, Dk]. Returns (o [B, 1, Hv, Dv], conv_state', state')."""
+    softplus(a + dt_bias), beta = sigmoid(b), the recurrence, then `gated_norm` of its output. qkv [B, 1, CD];
+    conv_state [B, K-1, CD]; conv_w [CD, K, 1]; a, b [B, 1, Hv]; state [B, Hv, Dv, Dk]; z [B, 1, Hv, Dv]; norm_w
+    [Dv]. Returns (normed output [B, 1, Hv, Dv], conv_state', state')."""
     a, b, a_log, dt_bias = (np.asarray(x, dtype=np.float64) for x in (a, b, a_log, dt_bias))
     Hv = a.shape[-1]
     q, k, v, conv = prologue(qkv, conv_state, conv_w, Hk, Dk, Hv)
@@ -107,4 +114,4 @@ def decode_step(qkv, conv_state, conv_w, a, b, a_log, dt_bias, state, Hk, Dk):
     g = -np.exp(a_log) * np.where(x > 20, x, np.logaddexp(x, 0))
     beta = 1 / (1 + np.exp(-b))
     out, new_state = serial(q, k, v, g, beta, state)
-    return out, conv, new_state
+    return gated_norm(out, z, norm_w, eps), conv, new_state

@@ -14,7 +14,7 @@ import pytest
 from kernels import attention, gpu
 from tests.kernels import oracle
 from tests.kernels.emulator.cuda_emulate import as_float, record_launches, run_launches
-from tests.kernels.inputs import decode_inputs, make_gdn_inputs, prologue_inputs
+from tests.kernels.inputs import DECODE_EPS, decode_inputs, make_gdn_inputs, prologue_inputs
 from tests.kernels.test_attention import decode_attention_case
 from tests.kernels.test_attention import inputs as attention_inputs
 from tests.kernels.test_attention import oracle as attention_oracle
@@ -94,10 +94,12 @@ def test_cuda_serial_kernel_matches_the_oracle(tmp_path, dtype):
 
 @pytest.mark.parametrize("dtype", [mx.float32, mx.bfloat16], ids=["fp32", "bf16"])
 def test_cuda_decode_kernel_matches_the_oracle(tmp_path, dtype):
-    """The fused decode step (conv, SiLU, norms, gates, serial step, conv-cache shift), rounding as the ops."""
+    """The fused decode step (conv, SiLU, norms, gates, serial step, conv-cache shift, the output's gated norm),
+    rounding as the ops."""
     Hk, Hv, Dk, Dv = SHAPE["Hk"], SHAPE["Hv"], SHAPE["Dk"], SHAPE["Dv"]
     ref, arrays = decode_inputs(B=2, Hk=Hk, Hv=Hv, Dk=Dk, Dv=Dv, seed=11, dtype=dtype)
-    out, conv, state = _run(tmp_path, lambda: gpu.decode(*arrays, num_k_heads=Hk, head_k_dim=Dk, backend="cuda"))
+    out, conv, state = _run(tmp_path, lambda: gpu.decode(*arrays, num_k_heads=Hk, head_k_dim=Dk, eps=DECODE_EPS,
+                                                         backend="cuda"))
     rel = 1e-5 if dtype == mx.float32 else 1e-2  # bf16: the projections' and outputs' rounding
     for name, got, want in zip(("out", "conv cache", "state"), (out, conv, state),
                                oracle.decode_step(*ref, Hk, Dk), strict=True):

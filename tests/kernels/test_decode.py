@@ -9,7 +9,7 @@ import pytest
 
 from kernels import gated_delta_decode
 from tests.kernels import oracle
-from tests.kernels.inputs import decode_inputs
+from tests.kernels.inputs import DECODE_EPS, decode_inputs
 from tests.numerics import assert_close_to_scale
 
 
@@ -22,8 +22,8 @@ def test_decode_step_matches_the_oracle(case):
     ref_out, ref_conv, ref_state = oracle.decode_step(*ref, Hk, Dk)
     if case == "empty-caches":  # None caches mean zeros
         arrays[1] = arrays[7] = None
-        ref_out, ref_conv, ref_state = oracle.decode_step(*ref[:7], np.zeros_like(ref[7]), Hk, Dk)
-    out, conv, state = gated_delta_decode(*arrays, num_k_heads=Hk, head_k_dim=Dk)
+        ref_out, ref_conv, ref_state = oracle.decode_step(*ref[:7], np.zeros_like(ref[7]), *ref[8:], Hk, Dk)
+    out, conv, state = gated_delta_decode(*arrays, num_k_heads=Hk, head_k_dim=Dk, eps=DECODE_EPS)
     assert_close_to_scale("out", np.array(out), ref_out, rel=1e-5)
     assert_close_to_scale("conv state", np.array(conv), ref_conv, rel=1e-6)
     assert_close_to_scale("state", np.array(state), ref_state, rel=1e-5)
@@ -32,7 +32,7 @@ def test_decode_step_matches_the_oracle(case):
 def test_bf16_decode_step_stays_at_bf16_rounding():
     ref, arrays = decode_inputs(seed=5, dtype=mx.bfloat16)
     ref_out, ref_conv, ref_state = oracle.decode_step(*ref, 2, 64)
-    out, conv, state = gated_delta_decode(*arrays, num_k_heads=2, head_k_dim=64)
+    out, conv, state = gated_delta_decode(*arrays, num_k_heads=2, head_k_dim=64, eps=DECODE_EPS)
     assert conv.dtype == mx.bfloat16  # the cache keeps the projections' dtype
     assert_close_to_scale("out", np.array(out.astype(mx.float32)), ref_out, rel=2e-2)
     assert_close_to_scale("conv state", np.array(conv.astype(mx.float32)), ref_conv, rel=1e-6)

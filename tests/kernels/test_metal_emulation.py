@@ -108,20 +108,35 @@ def test_emulated_state_pass_with_other_tilings(case, tmp_path, monkeypatch, til
     assert_close_to_scale("state", state, ref_state, rel=REL)
 
 
-def test_emulated_decode_kernel_matches_the_oracle(sources, tmp_path):
-    """The fused decode step (conv, SiLU, norms, gates, serial step, conv-cache shift) at the test shape."""
+def _decode(source: str, tmp_path, sanitize: bool = False):
+    """The decode kernel on the test shape: (its buffers after the run, the run, the oracle's inputs)."""
     B, Hk, Hv, Dk, Dv = SHAPE["B"], SHAPE["Hk"], SHAPE["Hv"], SHAPE["Dk"], SHAPE["Dv"]
     ref, arrays = decode_inputs(B=B, Hk=Hk, Hv=Hv, Dk=Dk, Dv=Dv, seed=11)
-    names = gpu.BODIES["decode"][0]
-    bufs = {n: np.array(a) for n, a in zip(names, arrays, strict=True)}
+    bufs = {n: np.array(a) for n, a in zip(gpu.BODIES["decode"][0], arrays, strict=True)}
     CD = bufs["qkv"].shape[-1]
     bufs |= {"out": _nan(B, 1, Hv, Dv), "conv_out": _nan(B, 3, CD), "state_out": _nan(B, Hv, Dv, Dk)}
-    r = Emulator(sources["decode"], tmp_path).run(bufs, (Dv // gpu.SERIAL_ROWS, B * Hv, 1), 32)
-    assert r.returncode == 0, r.stderr
+    r = Emulator(source, tmp_path, sanitize).run(bufs, (1, B * Hv, 1), Dv // gpu.decode_rows(Dv) * 32)
+    return bufs, r, ref
+
+
+def test_emulated_decode_kernel_matches_the_oracle(sources, tmp_path):
+    """The fused decode step (conv, SiLU, norms, gates, serial step, conv-cache shift, the output's gated norm:
+    one threadgroup a head, its groups meeting at a barrier) at the test shape, silent under ThreadSanitizer."""
+    Hk, Dk = SHAPE["Hk"], SHAPE["Dk"]
+    bufs, r, ref = _decode(sources["decode"], tmp_path, sanitize=True)
+    assert r.returncode == 0 and "ThreadSanitizer" not in r.stderr, r.stderr[-3000:]
     ref_out, ref_conv, ref_state = oracle.decode_step(*ref, Hk, Dk)
     assert_close_to_scale("out", bufs["out"], ref_out, rel=REL)
     assert_close_to_scale("conv cache", bufs["conv_out"], ref_conv, rel=REL)
     assert_close_to_scale("state", bufs["state_out"], ref_state, rel=REL)
+
+
+def test_removing_the_decode_kernels_barrier_is_caught(sources, tmp_path):
+    """Without the barrier before the gated norm, a group reads other groups' outputs while they are written."""
+    marker = "DS_SYNC();  // every group's rows of orow are in"
+    assert sources["decode"].count(marker) == 1
+    _, r, _ = _decode(sources["decode"].replace(marker, "// barrier removed by the test"), tmp_path, sanitize=True)
+    assert "ThreadSanitizer: data race" in r.stderr
 
 
 def test_emulated_prologue_kernel_matches_the_oracle(sources, tmp_path):

@@ -43,7 +43,6 @@ def test_off_the_gpu_or_switched_off_it_is_mlx_add_and_rms_norm(monkeypatch, whe
 def test_on_the_gpu_both_kernels_match_mlx_ops(monkeypatch, dtype, D):
     """The kernels on this machine's GPU against MLX's ops on it: many rows (more blocks than SMs), the model's
     hidden size, a ragged one and the largest a thread row takes; the gated norm at the model's head size."""
-    from engine.model import _gated_tail
 
     monkeypatch.delenv(norm.ENV, raising=False)
     x, r, w = _inputs(1000, D, dtype, 7)
@@ -55,8 +54,8 @@ def test_on_the_gpu_both_kernels_match_mlx_ops(monkeypatch, dtype, D):
     xg, zg = (mx.array(np.random.default_rng(8).normal(size=(2, 37, 16, 128)).astype(np.float32) * s).astype(dtype)
               for s in (0.3, 2.0))
     wg = w[:128]
-    got = norm.gated_rms_norm(xg, zg, wg, EPS, _gated_tail)
-    want = _gated_tail(mx.fast.rms_norm(xg, None, EPS), wg, zg)
+    got = norm.gated_rms_norm(xg, zg, wg, EPS)
+    want = norm.gated_tail(mx.fast.rms_norm(xg, None, EPS), wg, zg)
     assert_close_to_scale("gated", np.array(got.astype(mx.float32)), np.array(want.astype(mx.float32)), rel=rel)
 
 
@@ -117,23 +116,21 @@ def test_metal_form_matches_mlx_add_and_rms_norm(tmp_path):
 def test_cuda_gated_norm_matches_the_model_ops(tmp_path, monkeypatch, dtype, wdtype):
     """The GDN output's norm and gate (engine.model.RMSNormGated's ops: mx.fast.rms_norm, then the compiled
     tail) against those ops run by MLX, for the model's head size and the weight's dtype either way."""
-    from engine.model import _gated_tail
 
     monkeypatch.setattr(norm, "gpu_backend", lambda: "cuda")
     rng = np.random.default_rng(4)
     x, z = (mx.array(rng.normal(size=(1, 3, 5, 128)).astype(np.float32) * s).astype(dtype) for s in (0.3, 2.0))
     w = mx.array(rng.uniform(0.5, 1.5, 128).astype(np.float32)).astype(wdtype)
-    (y,), launches = record_launches(lambda: [norm.gated_rms_norm(x, z, w, EPS, _gated_tail)])
+    (y,), launches = record_launches(lambda: [norm.gated_rms_norm(x, z, w, EPS)])
     assert [launch.name for launch in launches] == ["gated_rms_norm"]
     got = as_float(run_launches(launches, tmp_path)[id(y)], dtype)
-    want = np.array(_gated_tail(mx.fast.rms_norm(x, None, EPS), w, z).astype(mx.float32))
+    want = np.array(norm.gated_tail(mx.fast.rms_norm(x, None, EPS), w, z).astype(mx.float32))
     assert_close_to_scale("y", got, want, rel=8e-3 if dtype == mx.bfloat16 else 1e-6)
 
 
 @pytest.mark.skipif(shutil.which("g++") is None, reason="g++ is not installed")
 def test_metal_gated_norm_matches_the_model_ops(tmp_path):
     """The gated norm's MSL, as MLX generates it (fp32; 15 head rows: a partly idle last threadgroup), emulated."""
-    from engine.model import _gated_tail
     from tests.kernels.emulator.emulate import Emulator, extract_metal_sources
 
     source = extract_metal_sources(dict(B=1, T=20, Hk=1, Hv=2, Dk=32, Dv=16, seed=1), 16, tmp_path)["gated_rms_norm"]
@@ -143,5 +140,5 @@ def test_metal_gated_norm_matches_the_model_ops(tmp_path):
     bufs = {"x": x, "z": z, "w": w, "y": np.full(x.shape, np.nan, np.float32)}
     run = Emulator(source, tmp_path).run(bufs, (2, 1, 1), 32 * norm.GATED_ROWS)
     assert run.returncode == 0, run.stderr
-    want = np.array(_gated_tail(mx.fast.rms_norm(mx.array(x), None, EPS), mx.array(w), mx.array(z)))
+    want = np.array(norm.gated_tail(mx.fast.rms_norm(mx.array(x), None, EPS), mx.array(w), mx.array(z)))
     assert_close_to_scale("y", bufs["y"], want, rel=1e-6)

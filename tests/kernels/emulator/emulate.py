@@ -50,8 +50,8 @@ TRACE_SCRIPT = textwrap.dedent(
         row, past, w, ab, hv = (mx.zeros(x) for x in ((B, 1, cd), (B, 3, cd), (cd, 4, 1), (B, 1, Hv), (Hv,)))
         return [*gpu.chunked(q, k, v, g, b, s, chunk_size={C}, backend="metal", verbose=True),
                 *gpu.serial(q, k, v, g, b, s, backend="metal", verbose=True),
-                *gpu.decode(row, past, w, ab, ab, hv, hv, s, num_k_heads=Hk, head_k_dim=Dk, backend="metal",
-                            verbose=True),
+                *gpu.decode(row, past, w, ab, ab, hv, hv, s, mx.zeros((B, 1, Hv, Dv)), mx.zeros((Dv,)),
+                            num_k_heads=Hk, head_k_dim=Dk, eps=1e-6, backend="metal", verbose=True),
                 *gpu.prologue(mx.zeros((B, 5, cd)), past, w, num_k_heads=Hk, head_k_dim=Dk, num_v_heads=Hv,
                               backend="metal", verbose=True),
                 *norm._kernel("metal")(inputs=[mx.zeros((1, 3, 200))] * 2 + [mx.zeros((200,))],
