@@ -231,14 +231,21 @@ def _wait_ready(url: str, server: subprocess.Popen, timeout: float = 600) -> Non
             time.sleep(0.5)
 
 
-def _first_token(url: str, body: bytes) -> tuple[float, str]:
-    """Seconds from sending a streaming completion to its first text chunk, and the completion's id."""
+def _first_token(url: str, body: bytes, conn=None) -> tuple[float, str]:
+    """Seconds from sending a streaming completion to its first text chunk, and the completion's id: over a new
+    connection (urllib), or over `conn`, an http.client connection kept alive between requests (as the OpenAI
+    client's pool keeps them)."""
     import urllib.request
 
-    req = urllib.request.Request(url + "/v1/completions", data=body, headers={"Content-Type": "application/json"})
     first, rid = None, None
     t0 = time.perf_counter()
-    with urllib.request.urlopen(req, timeout=600) as r:
+    if conn is None:
+        req = urllib.request.Request(url + "/v1/completions", data=body, headers={"Content-Type": "application/json"})
+        response = urllib.request.urlopen(req, timeout=600)
+    else:
+        conn.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})
+        response = conn.getresponse()
+    with response as r:
         for line in r:
             if line.startswith(b"data: {"):
                 chunk = json.loads(line[6:])
@@ -250,8 +257,10 @@ def _first_token(url: str, body: bytes) -> tuple[float, str]:
 
 def server_ttft(model: str, T: int, runs: int, chunked: bool, step_size: int, max_tokens: int = 2) -> dict[str, float]:
     """Median client-side time to the first streamed token of a T-token prompt through a real `deltaserve serve`
-    (a subprocess on a loopback port, warmed up at start), and the server's own prefill time for the same
+    (a subprocess on a loopback port, warmed up at start), each request over a new connection (`ttft_ms`) and,
+    alternating with those, over one kept alive (`ttft_keepalive_ms`); the server's own prefill time for the same
     requests (GET /v1/timings/{id}: `prompt_ms`) and its phase times since the request arrived, in ms."""
+    import http.client
     import socket
     import sys
     import urllib.request
@@ -267,16 +276,19 @@ def server_ttft(model: str, T: int, runs: int, chunked: bool, step_size: int, ma
         _wait_ready(url, server)
         body = json.dumps({"model": model, "prompt": prompt(T), "max_tokens": max_tokens, "stream": True,
                            "temperature": 0, "ignore_eos": True}).encode()
-        ttft, prefill_ms, phases = [], [], []
-        for i in range(runs + 1):  # the first request is not counted
-            first, rid = _first_token(url, body)
+        ttft, kept, prefill_ms, phases = [], [], [], []
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+        for i in range(2 * (runs + 1)):  # the first request of each kind is not counted
+            first, rid = _first_token(url, body, conn if i % 2 else None)
             with urllib.request.urlopen(f"{url}/v1/timings/{rid}", timeout=30) as r:
                 record = json.loads(r.read())
-            if i:
-                ttft.append(first * 1e3)
+            if i > 1:
+                (kept if i % 2 else ttft).append(first * 1e3)
                 prefill_ms.append(record["timings"]["prompt_ms"])
                 phases.append(record["phases_ms"])
-        out = {"ttft_ms": statistics.median(ttft), "server_prefill_ms": statistics.median(prefill_ms)}
+        conn.close()
+        out = {"ttft_ms": statistics.median(ttft), "ttft_keepalive_ms": statistics.median(kept),
+               "server_prefill_ms": statistics.median(prefill_ms)}
         for name in ("admitted", "prefill_start", "first_token"):
             out[f"server_{name}_ms"] = statistics.median(p[name] for p in phases)
         return out
@@ -294,6 +306,9 @@ def print_server_ttft(args, ours: Result | None) -> None:
           f"{s['ttft_ms']:.1f} ms (client side), "
           f"server-recorded prefill {s['server_prefill_ms']:.1f} ms{engine}; TTFT / server prefill "
           f"{s['ttft_ms'] / s['server_prefill_ms']:.2f}")
+    kept = s["ttft_keepalive_ms"]
+    print(f"server, the same requests over a kept-alive connection: time to first token {kept:.1f} ms; "
+          f"TTFT / server prefill {kept / s['server_prefill_ms']:.2f}")
     print(f"server phases since the request arrived (ms): admitted {s['server_admitted_ms']:.1f}, prefill start "
           f"{s['server_prefill_start_ms']:.1f}, first token {s['server_first_token_ms']:.1f}; the rest of the "
           f"client's TTFT (HTTP both ways, parsing) {s['ttft_ms'] - s['server_first_token_ms']:.1f}")

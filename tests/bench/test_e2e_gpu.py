@@ -34,3 +34,5 @@ def test_e2e_bench_prints_the_table_and_every_system_agrees_with_ours():
                      r.stdout)
     assert ttft, r.stdout
     assert float(ttft.group(1)) >= float(ttft.group(2)) > 0
+    kept = re.search(r"over a kept-alive connection: time to first token ([\d.]+) ms", r.stdout)
+    assert kept and float(kept.group(1)) > 0, r.stdout
