@@ -153,10 +153,12 @@ def generate_step(
 
     def sample(logits: mx.array) -> tuple[mx.array, mx.array]:
         nonlocal key
-        logits = logits.astype(mx.float32)
-        logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)  # raw model distribution
-        for proc in logits_processors:
-            logits = proc(history, len(prompt), logits)
+        wide = logits.astype(mx.float32)
+        logprobs = wide - mx.logsumexp(wide, axis=-1, keepdims=True)  # raw model distribution
+        if logits_processors:  # else the sampler takes the model's dtype: greedy's argmax is exact in it, and
+            logits = wide  # decode launches one kernel fewer a token
+            for proc in logits_processors:
+                logits = proc(history, len(prompt), logits)
         key, sub = mx.random.split(key)
         return sampler(logits, sub), logprobs[0]
 

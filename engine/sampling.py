@@ -56,7 +56,7 @@ def make_key(seed: int | None) -> mx.array:
 
 
 def make_sampler(p: SamplingParams) -> Sampler:
-    """sampler(logits [B, V] fp32, key) -> token ids [B]."""
+    """sampler(logits [B, V] in any float dtype, key) -> token ids [B] (temperature sampling widens to fp32)."""
     if p.temperature == 0:
         return lambda logits, key: mx.argmax(logits, axis=-1)
 
