@@ -93,10 +93,12 @@ def test_cuda_serial_kernel_matches_the_oracle(tmp_path, dtype):
 
 
 @pytest.mark.parametrize("dtype", [mx.float32, mx.bfloat16], ids=["fp32", "bf16"])
-def test_cuda_decode_kernel_matches_the_oracle(tmp_path, dtype):
+@pytest.mark.parametrize("dims", [(SHAPE["Hk"], SHAPE["Hv"], SHAPE["Dk"], SHAPE["Dv"]), (2, 2, 32, 512)],
+                         ids=["Dv48", "Dv512"])  # Dv 512: 16 groups of 32 rows a head (gpu.decode_rows)
+def test_cuda_decode_kernel_matches_the_oracle(tmp_path, dtype, dims):
     """The fused decode step (conv, SiLU, norms, gates, serial step, conv-cache shift, the output's gated norm),
     rounding as the ops."""
-    Hk, Hv, Dk, Dv = SHAPE["Hk"], SHAPE["Hv"], SHAPE["Dk"], SHAPE["Dv"]
+    Hk, Hv, Dk, Dv = dims
     ref, arrays = decode_inputs(B=2, Hk=Hk, Hv=Hv, Dk=Dk, Dv=Dv, seed=11, dtype=dtype)
     out, conv, state = _run(tmp_path, lambda: gpu.decode(*arrays, num_k_heads=Hk, head_k_dim=Dk, eps=DECODE_EPS,
                                                          backend="cuda"))
