@@ -16,6 +16,8 @@
 #   bash tools/device-checks.sh norm-ab  # the fused norms against MLX's ops: decode token time, alternating
 #   bash tools/device-checks.sh attn-ab  # the decode attention kernels against MLX's masked attention, alternating
 #   bash tools/device-checks.sh ttft-gil # server TTFT with CPython's GIL switch interval lowered (5 / 1 / 0.2 ms)
+#   bash tools/device-checks.sh state-ncu # the state pass at 16384 tokens under Nsight Compute's full set: stall
+#                                        # reasons, shared-memory wavefronts and the source lines they come from
 #   bash tools/device-checks.sh ab       # GDN kernel phases of a base tree (exp/base: `git archive main | tar -x -C
 #                                        # exp/base`, carried untracked) against this tree's, alternating, one call
 set -uo pipefail
@@ -147,6 +149,17 @@ case "${1:?part: e2e, gates, kernels or tiles}" in
       PYTHONPATH=$dir:$PYTHONPATH timeout 120 python3 bench/e2e_gpu.py --systems ours --contexts 2048 --runs 7 \
         --decode-tokens 2 --server-ttft 2048 2>&1 | grep "^server"
     done 2>&1 | tee "$out/ttft-gil.txt"
+    ;;
+  state-ncu)
+    # The GDN state pass (the chunked core's sequential phase, ~half its time at 16384 tokens), its second call
+    # (the first compiles), under Nsight Compute's full set with the CUDA source: where its warps stall, the
+    # shared-memory traffic per instruction (bank conflicts), and the hottest source lines.
+    timeout 450 ncu --kernel-name regex:chunk_state --launch-skip 1 --launch-count 1 --set full --import-source yes \
+      --page details --print-details all python3 bench/profile_run.py gdn 16384 --repeat 2 2>&1 \
+      | tee "$out/state-ncu-details.txt" | grep -i -A2 "stall\|bank\|wavefront\|Duration\|Warp Cycles" | head -80
+    timeout 120 ncu --kernel-name regex:chunk_state --launch-skip 1 --launch-count 1 --import-source yes \
+      --section SourceCounters --page source --print-source cuda,sass --csv python3 bench/profile_run.py gdn 16384 \
+      --repeat 2 > "$out/state-ncu-source.csv" 2>/dev/null; wc -l "$out/state-ncu-source.csv"
     ;;
   *) echo "unknown part $1" >&2; exit 2 ;;
 esac
