@@ -30,7 +30,7 @@ a, b = mx.random.normal((1, 1, H)).astype(mx.bfloat16), mx.random.normal((1, 1, 
 a_log, dt_bias = mx.log(mx.random.uniform(0.5, 16, (H,))), mx.zeros((H,))
 z, norm_w = mx.random.normal((1, 1, H, D)).astype(mx.bfloat16), mx.ones((D,), mx.bfloat16)
 state = mx.zeros((1, H, D, D))
-mx.eval(q, k, v, g, beta, qkv, past, conv_w, a, b, a_log, dt_bias, state)
+mx.eval(q, k, v, g, beta, qkv, past, conv_w, a, b, a_log, dt_bias, z, norm_w, state)
 backend = gpu.gpu_backend()
 for _ in range(STEPS):
     if mode == "kernel":

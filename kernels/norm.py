@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import os
-from functools import partial
 
 import mlx.core as mx
 
@@ -46,7 +45,7 @@ def add_rms_norm(x: mx.array, r: mx.array, weight: mx.array, eps: float) -> tupl
     return h, y
 
 
-@partial(mx.compile, shapeless=True)
+@functools.partial(mx.compile, shapeless=True)
 def gated_tail(normed: mx.array, weight: mx.array, gate: mx.array) -> mx.array:
     """weight * normed * silu(gate) in fp32, back to normed's dtype: one fused kernel where MLX compiles."""
     g = gate.astype(mx.float32)
