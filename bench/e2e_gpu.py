@@ -121,7 +121,7 @@ def run_ours(path: Path, dtype: mx.Dtype, args, method: str) -> Result:
 
     if args.decode_tokens > 1:
         decode_rate(lambda: tokens(4), 4)  # compiles the decode kernels
-        res.decode_tps = decode_rate(lambda: tokens(args.decode_tokens), args.decode_tokens, args.runs)
+        res.decode_tps = decode_rate(lambda: tokens(args.decode_tokens), args.decode_tokens, args.decode_runs)
     res.peak_gb = mx.get_peak_memory() / 1e9
     mx.clear_cache()
     return res
@@ -152,7 +152,7 @@ def run_mlx_lm(path: Path, args) -> Result | None:
     if args.decode_tokens > 1:
         ids = mx.array(prompt(args.decode_context))
         res.decode_tps = decode_rate(lambda: lm_generate_step(ids, model, max_tokens=args.decode_tokens),
-                                     args.decode_tokens, args.runs)
+                                     args.decode_tokens, args.decode_runs)
     res.peak_gb = mx.get_peak_memory() / 1e9
     mx.clear_cache()
     return res
@@ -196,7 +196,7 @@ def run_transformers(path: Path, dtype: mx.Dtype, args) -> Result | None:
 
         if args.decode_tokens > 1:
             decode_rate(lambda: tokens(4), 4)
-            res.decode_tps = decode_rate(lambda: tokens(args.decode_tokens), args.decode_tokens, args.runs)
+            res.decode_tps = decode_rate(lambda: tokens(args.decode_tokens), args.decode_tokens, args.decode_runs)
     if device == "cuda":
         res.peak_gb = torch.cuda.max_memory_allocated() / 1e9
     return res
@@ -374,6 +374,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="tokens per prefill step (default: the backend's)")
     parser.add_argument("--decode-context", type=int, default=512)
     parser.add_argument("--decode-tokens", type=int, default=32)
+    parser.add_argument("--decode-runs", type=int, default=None,
+                        help="generations the decode rate is the median of (default: --runs)")
     parser.add_argument("--mlx-lm-max", type=int, default=2048, help="longest prompt given to mlx-lm (slow)")
     parser.add_argument("--server-ttft", type=int, default=0, metavar="T",
                         help="also time the first token of a T-token prompt through `deltaserve serve --gdn-chunked`")
@@ -386,6 +388,7 @@ def main() -> None:
     configure_long_running()  # the server's process settings (CUDA-graph and buffer caches)
     args = _parser().parse_args()
     args.step_size = args.step_size or default_prefill_step()
+    args.decode_runs = args.decode_runs or args.runs
     args.contexts = [int(t) for t in args.contexts.split(",")]
     systems = args.systems.split(",")
     path = ensure_demo(args.model) if not Path(args.model).is_dir() else Path(args.model)

@@ -27,7 +27,8 @@ mkdir -p "$out"
 case "${1:?part: e2e, gates, kernels or tiles}" in
   e2e)
     timeout 260 python3 bench/e2e_profile.py --contexts 2048,8192 --runs 3 2>&1 | tee "$out/e2e-profile.txt"
-    timeout 300 python3 bench/e2e_gpu.py --runs 3 --decode-tokens 64 --server-ttft 2048 --json "$out/e2e.json" 2>&1 \
+    timeout 320 python3 bench/e2e_gpu.py --runs 3 --decode-tokens 64 --decode-runs 7 --server-ttft 2048 \
+      --json "$out/e2e.json" 2>&1 \
       | grep -v -i "warn\|deprecat\|forward_call\|falling back" | tee "$out/e2e-table.txt"
     ;;
   gates)
