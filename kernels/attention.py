@@ -26,13 +26,13 @@ TILE = 64  # queries (and keys) per tile; 4 warps of 16 query rows
 THREADS = 128
 # Shared memory one block may opt into, by compute capability (KB; CUDA programming guide), for sm_80+ cards
 # (ldmatrix, cp.async and bf16 tensor cores).
+OPT_IN_SMEM_KB = {(8, 0): 163, (8, 6): 99, (8, 7): 163, (8, 9): 99, (9, 0): 227, (10, 0): 227, (12, 0): 99}
 DECODE_KEYS = 64  # keys one block of the split decode attention walks (16 a warp: a few memory round trips)
 DECODE_THREADS = 128
 DECODE_BODIES = {"attention_decode": (("q", "kn", "vn", "k", "v", "n"), ("po", "pm", "pl", "ko", "vo")),
                  "attention_combine": (("po", "pm", "pl", "qg"), ("out",))}
 QK_ROWS = 8  # (token, head) rows a threadgroup of qk_norm_rope: one 32-lane group each
 QK_NAMES = (("qg", "k", "wq", "wk", "pos"), ("qo", "ko"))  # its inputs, outputs
-OPT_IN_SMEM_KB = {(8, 0): 163, (8, 6): 99, (8, 7): 163, (8, 9): 99, (9, 0): 227, (10, 0): 227, (12, 0): 99}
 
 
 def shared_bytes(head_dim: int, itemsize: int = 2) -> int:
@@ -52,10 +52,8 @@ def _opt_in_bytes() -> int:
 
 def unsupported(q: mx.array, k: mx.array, v: mx.array, scale: float) -> str | None:
     """Why the kernel cannot take this call (the caller uses MLX's attention), or None."""
-    if os.environ.get(ENV, "").strip().lower() == "mlx":
-        return f"{ENV}=mlx"
-    if mx.default_device() != mx.gpu or not mx.cuda.is_available():
-        return "not an NVIDIA GPU"
+    if off := kernels_off():
+        return off
     if q.dtype not in (mx.bfloat16, mx.float16) or k.dtype != q.dtype or v.dtype != q.dtype:
         return f"dtype {q.dtype} (the kernel takes bf16 / fp16)"
     D = q.shape[-1]

@@ -71,13 +71,16 @@ def record_launches(fn: Callable[[], object]) -> tuple[object, list[Launch]]:
     def qk_kernel():
         return recorder("qk_norm_rope", attention.QK_NAMES, *gpu.kernel_sources("cuda", "qk_norm_rope_cuda.body"))
 
-    saved = gpu.kernel, attention._kernel, norm._kernel, attention._decode_kernel, attention._qk_kernel
-    gpu.kernel, attention._kernel, norm._kernel, attention._decode_kernel, attention._qk_kernel = (
-        gdn_kernel, attention_kernel, norm_kernel, decode_attention_kernel, qk_kernel)
+    recorders = [(gpu, "kernel", gdn_kernel), (attention, "_kernel", attention_kernel), (norm, "_kernel", norm_kernel),
+                 (attention, "_decode_kernel", decode_attention_kernel), (attention, "_qk_kernel", qk_kernel)]
+    saved = [(owner, name, getattr(owner, name)) for owner, name, _ in recorders]
+    for owner, name, recorder_fn in recorders:
+        setattr(owner, name, recorder_fn)
     try:
         return fn(), launches
     finally:
-        gpu.kernel, attention._kernel, norm._kernel, attention._decode_kernel, attention._qk_kernel = saved
+        for owner, name, original in saved:
+            setattr(owner, name, original)
 
 
 def _bits(a: mx.array) -> np.ndarray:
