@@ -20,6 +20,7 @@ import mlx.nn as nn
 from engine.cache import FixedKV, GDNCache, KVCache
 from kernels import gated_delta, gated_delta_decode, gated_delta_prologue
 from kernels.attention import causal_attention, decode_attention, qk_norm_rope
+from kernels.gemv import swiglu_gemv
 from kernels.norm import add_rms_norm, gated_rms_norm
 from kernels.prologue import decay_and_beta
 
@@ -280,6 +281,9 @@ class MLP(FusedProjections):
         self.down_proj = nn.Linear(hidden_dim, dim, bias=False)
 
     def __call__(self, x: mx.array) -> mx.array:
+        proj = self.get("fused_proj")  # a decode step on NVIDIA GPUs: both projections and the SwiGLU, one kernel
+        if isinstance(proj, nn.Linear) and "bias" not in proj and (y := swiglu_gemv(x, proj.weight)) is not None:
+            return self.down_proj(y)
         return self.down_proj(_swiglu(*self.project(x)))
 
 

@@ -13,8 +13,8 @@
 #   bash tools/device-checks.sh loop     # a decode token's time: step vs token loop; our e2e rows + server TTFT
 #   bash tools/device-checks.sh tune     # MLX's kernels per CUDA graph: decode and prefill
 #   bash tools/device-checks.sh decode   # the compiled decode step's kernels under ncu; one layer's step, fused vs ops
-#   bash tools/device-checks.sh norm-ab  # the fused norms against MLX's ops: decode token time, alternating
-#   bash tools/device-checks.sh attn-ab  # the decode attention kernels against MLX's masked attention, alternating
+#   bash tools/device-checks.sh ab-env VAR  # a decode token's time with VAR=mlx (MLX's ops) and without, alternating:
+#                                        # DELTASERVE_NORM, DELTASERVE_ATTENTION, DELTASERVE_GEMV switch our kernels
 #   bash tools/device-checks.sh ttft-gil # server TTFT with CPython's GIL switch interval lowered (5 / 1 / 0.2 ms)
 #   bash tools/device-checks.sh state-ncu # the state pass at 16384 tokens under Nsight Compute's full set: stall
 #                                        # reasons, shared-memory wavefronts and the source lines they come from
@@ -114,30 +114,16 @@ case "${1:?part: e2e, gates, kernels or tiles}" in
       done
     done 2>&1 | tee "$out/ab-phases.txt"
     ;;
-  norm-ab)
-    # The fused norms (kernels/norm.py) against MLX's two ops each, alternating in one call: a decode token's time
-    # (the first run of each process compiles; the model / gates parts cover the kernels' correctness)
+  ab-env)
+    # One family of our kernels (named by its switch) against MLX's ops, alternating in one call: a decode token's
+    # time (the first run of each process compiles; the gates / model parts cover correctness)
+    var=${2:?ab-env needs the switch, e.g. DELTASERVE_GEMV}
     for round in 1 2; do
-      for mode in mlx fused; do
-        echo "== round $round: DELTASERVE_NORM=$mode"
-        DELTASERVE_NORM=$([ $mode = mlx ] && echo mlx || echo on) timeout 140 python3 bench/decode_loop.py \
-          --tokens 64 2>&1 | grep "|\|host"
+      for mode in mlx on; do
+        echo "== round $round: $var=$mode"
+        env "$var=$mode" timeout 140 python3 bench/decode_loop.py --tokens 64 2>&1 | grep "|\|host"
       done
-    done 2>&1 | tee "$out/norm-ab.txt"
-    ;;
-  attn-ab)
-    # The attention kernels of a decode step (kernels/attention.py: decode_attention, qk_norm_rope) against MLX's
-    # masked attention, norms and rope, alternating in one call: a decode token's time. DELTASERVE_ATTENTION=mlx
-    # also switches prefill's kernel off (not timed here).
-    for round in 1 2; do
-      for mode in mlx fused; do
-        echo "== round $round: DELTASERVE_ATTENTION=$mode"
-        DELTASERVE_ATTENTION=$([ $mode = mlx ] && echo mlx || echo on) timeout 140 python3 bench/decode_loop.py \
-          --tokens 64 2>&1 | grep "|\|host"
-      done
-    done 2>&1 | tee "$out/attn-ab.txt"
-    timeout 100 compute-sanitizer --tool memcheck python3 -m pytest -q -x tests/kernels/test_attention.py -k "decode or qk" 2>&1 \
-      | tail -3 | tee -a "$out/attn-ab.txt"
+    done 2>&1 | tee "$out/ab-env-$var.txt"
     ;;
   ttft-gil)
     # Is the server's first token held back by the GIL (the worker thread building and submitting the next decode

@@ -125,6 +125,24 @@ def test_the_fused_qk_norm_rope_is_wired_to_its_contract(checkpoint, monkeypatch
     assert {"int", "array"} <= set(calls), set(calls)
 
 
+def test_the_fused_swiglu_is_wired_to_its_contract(checkpoint, monkeypatch):
+    """On NVIDIA GPUs each MLP hands `kernels.gemv.swiglu_gemv` its input and the fused gate | up weight and
+    takes silu(gate) * up. With a stand-in computing that documented contract in MLX ops (wherever it is
+    called: prefill too), prefill and compiled decode still match transformers; swapped halves would not."""
+    import engine.model as model_module
+
+    calls = []
+
+    def contract(x, w):
+        calls.append(x.shape)
+        gate, up = mx.split(x @ w.T, 2, axis=-1)
+        return gate * mx.sigmoid(gate) * up
+
+    monkeypatch.setattr(model_module, "swiglu_gemv", contract)
+    test_compiled_decode_matches_transformers_across_buffer_growth(checkpoint)
+    assert any(shape[-2] == 1 for shape in calls)
+
+
 def test_switched_off_or_before_prefill_the_step_runs_op_by_op(checkpoint, monkeypatch):
     model, ids, _ = checkpoint
     step = CompiledDecode(model)

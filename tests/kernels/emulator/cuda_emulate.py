@@ -20,7 +20,7 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 
-from kernels import attention, gpu, norm
+from kernels import attention, gemv, gpu, norm
 
 HERE = Path(__file__).resolve().parent
 CTYPES = {mx.float32: "float", mx.bfloat16: "__nv_bfloat16", mx.float16: "__half", mx.int32: "int32_t"}
@@ -71,8 +71,12 @@ def record_launches(fn: Callable[[], object]) -> tuple[object, list[Launch]]:
     def qk_kernel():
         return recorder("qk_norm_rope", attention.QK_NAMES, *gpu.kernel_sources("cuda", "qk_norm_rope_cuda.body"))
 
+    def gemv_kernel():
+        return recorder("swiglu_gemv", gemv.NAMES, *gpu.kernel_sources("cuda", "swiglu_gemv_cuda.body"))
+
     recorders = [(gpu, "kernel", gdn_kernel), (attention, "_kernel", attention_kernel), (norm, "_kernel", norm_kernel),
-                 (attention, "_decode_kernel", decode_attention_kernel), (attention, "_qk_kernel", qk_kernel)]
+                 (attention, "_decode_kernel", decode_attention_kernel), (attention, "_qk_kernel", qk_kernel),
+                 (gemv, "_kernel", gemv_kernel)]
     saved = [(owner, name, getattr(owner, name)) for owner, name, _ in recorders]
     for owner, name, recorder_fn in recorders:
         setattr(owner, name, recorder_fn)
