@@ -33,7 +33,8 @@ case "${1:?part: e2e, gates, kernels or tiles}" in
     ;;
   gates)
     timeout 420 python3 -m pytest -q --maxfail=5 -rf tests/kernels/test_decode.py tests/engine/test_cache.py \
-      tests/kernels/test_attention.py tests/kernels/test_gpu_kernels.py tests/kernels/test_chunked.py tests/kernels/test_norm.py 2>&1 \
+      tests/kernels/test_attention.py tests/kernels/test_gpu_kernels.py tests/kernels/test_chunked.py tests/kernels/test_norm.py \
+      tests/kernels/test_gemv.py 2>&1 \
       | tail -40 | tee "$out/gates-pytest.txt"
     timeout 150 compute-sanitizer --tool racecheck python3 bench/gdn_sanitize.py 2>&1 | tail -3 \
       | tee "$out/gates-racecheck.txt"
