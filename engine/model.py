@@ -20,7 +20,7 @@ import mlx.nn as nn
 from engine.cache import FixedKV, GDNCache, KVCache
 from kernels import gated_delta, gated_delta_decode, gated_delta_prologue
 from kernels.attention import causal_attention, decode_attention, qk_norm_rope
-from kernels.gemv import swiglu_gemv
+from kernels.gemv import add_norm_swiglu
 from kernels.norm import add_rms_norm, gated_rms_norm
 from kernels.prologue import decay_and_beta
 
@@ -281,10 +281,18 @@ class MLP(FusedProjections):
         self.down_proj = nn.Linear(hidden_dim, dim, bias=False)
 
     def __call__(self, x: mx.array) -> mx.array:
-        proj = self.get("fused_proj")  # a decode step on NVIDIA GPUs: both projections and the SwiGLU, one kernel
-        if isinstance(proj, nn.Linear) and "bias" not in proj and (y := swiglu_gemv(x, proj.weight)) is not None:
-            return self.down_proj(y)
         return self.down_proj(_swiglu(*self.project(x)))
+
+    def residual(self, x: mx.array, r: mx.array, norm: nn.RMSNorm) -> tuple[mx.array, mx.array]:
+        """(h, mlp(norm(h))) for h = x + r. In a decode step on NVIDIA GPUs the add, the norm, both input
+        projections and the SwiGLU run as one kernel; else `add_rms_norm`, then the MLP."""
+        proj = self.get("fused_proj")
+        if isinstance(proj, nn.Linear) and "bias" not in proj and (
+                fused := add_norm_swiglu(x, r, norm.weight, norm.eps, proj.weight)) is not None:
+            h, y = fused
+            return h, self.down_proj(y)
+        h, normed = add_rms_norm(x, r, norm.weight, norm.eps)
+        return h, self(normed)
 
 
 class DecoderLayer(nn.Module):
@@ -313,8 +321,7 @@ class DecoderLayer(nn.Module):
         else:
             x, normed = add_rms_norm(h, pending, inorm.weight, inorm.eps)
         mixer = self.linear_attn if self.is_linear else self.self_attn
-        h, normed = add_rms_norm(x, mixer(normed, cache), post.weight, post.eps)
-        return h, self.mlp(normed)
+        return self.mlp.residual(x, mixer(normed, cache), post)
 
 
 class TextModel(nn.Module):

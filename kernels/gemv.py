@@ -1,7 +1,7 @@
-"""A decode step's MLP input projections fused with their SwiGLU on NVIDIA GPUs (kernels/src/swiglu_gemv_cuda.body):
-one launch instead of MLX's matrix-vector product and the compiled silu(gate) * up (decode is bound by launches:
-this is one a layer). It takes the few rows of a decode step; prefill's many rows stay with MLX's matmul.
-DELTASERVE_GEMV=mlx switches it off.
+"""A decode step's residual add, RMSNorm, MLP input projections and SwiGLU in one kernel on NVIDIA GPUs
+(kernels/src/add_norm_swiglu_cuda.body): one launch instead of three (the fused add + norm, MLX's matrix-vector
+product, the compiled silu(gate) * up); decode is bound by launches, and this is two a layer. It takes the few
+rows of a decode step; prefill's many rows stay with MLX's matmul. DELTASERVE_GEMV=mlx switches it off.
 """
 
 from __future__ import annotations
@@ -11,47 +11,51 @@ import os
 
 import mlx.core as mx
 
-from kernels.gpu import build_kernel
+from kernels import norm
+from kernels.gpu import build_kernel, float_bits
 
-ENV = "DELTASERVE_GEMV"  # "mlx": always MLX's matmul and ops (for comparison)
-WARPS = 8  # output columns a block (one warp each)
-MAX_ROWS = 4  # rows of x the kernel takes (a decode step's batch)
-SHARED_BYTES = 32 * 1024  # x staged in shared memory: rows * K * itemsize at most
-NAMES = (("x", "w"), ("y",))
+ENV = "DELTASERVE_GEMV"  # "mlx": always the separate kernels and MLX's matmul (for comparison)
+WARPS = norm.THREADS // 32  # output columns a block (a warp each); its threads sum the norm as add_rms_norm does
+MAX_ROWS = 4  # rows the kernel takes (a decode step's batch)
+SHARED_BYTES = 32 * 1024  # the normed rows staged in shared memory: rows * K * itemsize at most
+NAMES = (("x", "r", "nw", "w"), ("h", "y"))
 
 
 @functools.cache
 def _kernel():
-    return build_kernel("cuda", "swiglu_gemv", "swiglu_gemv_cuda.body", *NAMES)
+    return build_kernel("cuda", "add_norm_swiglu", "add_norm_swiglu_cuda.body", *NAMES)
 
 
-def unsupported(x: mx.array, w: mx.array) -> str | None:
-    """Why the kernel cannot take x [..., K] against w [2I, K] (the caller runs MLX's ops), or None."""
+def unsupported(x: mx.array, r: mx.array, norm_w: mx.array, w: mx.array) -> str | None:
+    """Why the kernel cannot take these (the caller runs the separate ops), or None."""
     if os.environ.get(ENV, "").strip().lower() == "mlx":
         return f"{ENV}=mlx"
     if mx.default_device() != mx.gpu or not mx.cuda.is_available():
         return "not an NVIDIA GPU"
-    if x.dtype != w.dtype or x.dtype not in (mx.bfloat16, mx.float16, mx.float32):
-        return f"dtypes x {x.dtype} / w {w.dtype}"
+    if len({x.dtype, r.dtype, norm_w.dtype, w.dtype}) != 1 or x.dtype not in (mx.bfloat16, mx.float16, mx.float32):
+        return f"dtypes x {x.dtype} / r {r.dtype} / norm {norm_w.dtype} / w {w.dtype}"
     K = x.shape[-1]
     rows = x.size // K if K else 0
-    if w.ndim != 2 or w.shape[1] != K or w.shape[0] % 2 or K % (32 * 16 // x.dtype.size):
-        return f"shapes x {x.shape} / w {w.shape}"
+    if (r.shape != x.shape or norm_w.shape != (K,) or w.ndim != 2 or w.shape[1] != K or w.shape[0] % 2
+            or K % (32 * 16 // x.dtype.size)):
+        return f"shapes x {x.shape} / r {r.shape} / norm {norm_w.shape} / w {w.shape}"
     if not 0 < rows <= MAX_ROWS or rows * K * x.dtype.size > SHARED_BYTES:
         return f"{rows} rows of {K}"
     return None
 
 
-def swiglu_gemv(x: mx.array, w: mx.array) -> mx.array | None:
-    """silu(x @ w[:I].T) * (x @ w[I:].T) for the few rows of x [..., K] and the fused gate | up weight w [2I, K]
-    (a model parameter: its own 16-byte aligned allocation), rounded as MLX's matmul and the model's compiled
-    SwiGLU round them; out [..., I]. None where `unsupported`."""
-    if unsupported(x, w) is not None:
+def add_norm_swiglu(x: mx.array, r: mx.array, norm_w: mx.array, eps: float,
+                    w: mx.array) -> tuple[mx.array, mx.array] | None:
+    """(h, y) for the few rows of x, r [..., K]: h = x + r, n = rms_norm(h) * norm_w (as `norm.add_rms_norm`
+    computes both, bit for bit) and y = silu(n @ w[:I].T) * (n @ w[I:].T) with the fused gate | up weight w
+    [2I, K] (a model parameter: its own 16-byte aligned allocation), rounded as MLX's matmul and the model's
+    compiled SwiGLU round them; y [..., I]. None where `unsupported`."""
+    if unsupported(x, r, norm_w, w) is not None:
         return None
     K, I = x.shape[-1], w.shape[0] // 2
     rows = x.size // K
-    (y,) = _kernel()(
-        inputs=[x.reshape(rows, K), w], output_shapes=[(rows, I)], output_dtypes=[x.dtype],
-        grid=(-(-I // WARPS) * 32 * WARPS, 1, 1), threadgroup=(32 * WARPS, 1, 1),
-        template=[("DT", x.dtype), ("K", K), ("I", I), ("M", rows), ("NW", WARPS)])
-    return y.reshape(*x.shape[:-1], I)
+    h, y = _kernel()(
+        inputs=[x.reshape(rows, K), r.reshape(rows, K), norm_w, w], output_shapes=[(rows, K), (rows, I)],
+        output_dtypes=[x.dtype, x.dtype], grid=(-(-I // WARPS) * 32 * WARPS, 1, 1), threadgroup=(32 * WARPS, 1, 1),
+        template=[("DT", x.dtype), ("K", K), ("I", I), ("M", rows), ("NW", WARPS), ("EPS", float_bits(eps))])
+    return h.reshape(x.shape), y.reshape(*x.shape[:-1], I)

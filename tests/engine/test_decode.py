@@ -125,20 +125,23 @@ def test_the_fused_qk_norm_rope_is_wired_to_its_contract(checkpoint, monkeypatch
     assert {"int", "array"} <= set(calls), set(calls)
 
 
-def test_the_fused_swiglu_is_wired_to_its_contract(checkpoint, monkeypatch):
-    """On NVIDIA GPUs each MLP hands `kernels.gemv.swiglu_gemv` its input and the fused gate | up weight and
-    takes silu(gate) * up. With a stand-in computing that documented contract in MLX ops (wherever it is
-    called: prefill too), prefill and compiled decode still match transformers; swapped halves would not."""
+def test_the_fused_mlp_input_is_wired_to_its_contract(checkpoint, monkeypatch):
+    """On NVIDIA GPUs each layer hands `kernels.gemv.add_norm_swiglu` its residual stream, the mixer's output,
+    the post-mixer norm's weight and eps, and the MLP's fused gate | up weight, and takes h = x + r and
+    silu(gate) * up of the normed sum. With a stand-in computing that documented contract in MLX ops (wherever
+    it is called: prefill too), prefill and compiled decode still match transformers; swapped halves or the
+    residual and output in the wrong places would not."""
     import engine.model as model_module
 
     calls = []
 
-    def contract(x, w):
+    def contract(x, r, norm_w, eps, w):
         calls.append(x.shape)
-        gate, up = mx.split(x @ w.T, 2, axis=-1)
-        return gate * mx.sigmoid(gate) * up
+        h = x + r
+        gate, up = mx.split(mx.fast.rms_norm(h, norm_w, eps) @ w.T, 2, axis=-1)
+        return h, gate * mx.sigmoid(gate) * up
 
-    monkeypatch.setattr(model_module, "swiglu_gemv", contract)
+    monkeypatch.setattr(model_module, "add_norm_swiglu", contract)
     test_compiled_decode_matches_transformers_across_buffer_growth(checkpoint)
     assert any(shape[-2] == 1 for shape in calls)
 
