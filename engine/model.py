@@ -20,7 +20,7 @@ import mlx.nn as nn
 from engine.cache import FixedKV, GDNCache, KVCache
 from kernels import gated_delta, gated_delta_decode, gated_delta_prologue
 from kernels.attention import causal_attention, decode_attention, qk_norm_rope
-from kernels.gemv import add_norm_swiglu
+from kernels.gemv import add_norm_gemv
 from kernels.norm import add_rms_norm, gated_rms_norm
 from kernels.prologue import decay_and_beta
 
@@ -143,6 +143,24 @@ class FusedProjections(nn.Module):
             return mx.split(self.fused_proj(x), self._splits, axis=-1)
         return [self[name](x) for name in self.PROJECTIONS]
 
+    def fused_gemv(self, h: mx.array, r: mx.array, norm: nn.RMSNorm, glu: bool = False):
+        """(h + r, the fused projection of norm(h + r)) in one kernel (kernels/gemv.py: a decode step on NVIDIA
+        GPUs; with `glu` the SwiGLU of its halves), or None where it does not run."""
+        proj = self.get("fused_proj")
+        if not isinstance(proj, nn.Linear) or "bias" in proj:
+            return None
+        return add_norm_gemv(h, r, norm.weight, norm.eps, proj.weight, glu)
+
+    def project_residual(self, h: mx.array, r: mx.array, norm: nn.RMSNorm) -> tuple[mx.array, list[mx.array]]:
+        """(h + r, `project` of norm(h + r)): the add, the norm and the projections in one kernel where
+        `fused_gemv` runs, else `add_rms_norm` then the projections."""
+        fused = self.fused_gemv(h, r, norm)
+        if fused is not None:
+            x, y = fused
+            return x, mx.split(y, self._splits, axis=-1)
+        x, normed = add_rms_norm(h, r, norm.weight, norm.eps)
+        return x, self.project(normed)
+
 
 class RMSNormGated(nn.Module):
     """rmsnorm(o) * w * silu(z) per head, in fp32; the weight is plain (not 1 + w)."""
@@ -183,8 +201,12 @@ class GatedDeltaNet(FusedProjections):
         self.out_proj = nn.Linear(self.value_dim, args.hidden_size, bias=False)
 
     def __call__(self, x: mx.array, cache: GDNCache) -> mx.array:
-        B, T, _ = x.shape
-        qkv, z, b, a = self.project(x)
+        return self.mix(self.project(x), cache)
+
+    def mix(self, projected: list[mx.array], cache: GDNCache) -> mx.array:
+        """The layer from its input projections (qkv, z, b, a) on."""
+        qkv, z, b, a = projected
+        B, T, _ = qkv.shape
         z = z.reshape(B, T, self.num_v_heads, self.head_v_dim)
         if T == 1:  # decode: conv, norms, gates, the serial step and the gated norm in one call (one kernel on GPUs)
             out, cache.conv_state, cache.state = gated_delta_decode(
@@ -225,8 +247,12 @@ class Attention(FusedProjections):
         self.rope = nn.RoPE(args.rotary_dim, traditional=False, base=args.rope_theta)
 
     def __call__(self, x: mx.array, cache: KVCache | FixedKV) -> mx.array:
-        B, T, _ = x.shape
-        qg, k, v = self.project(x)
+        return self.mix(self.project(x), cache)
+
+    def mix(self, projected: list[mx.array], cache: KVCache | FixedKV) -> mx.array:
+        """The layer from its input projections (query | gate, key, value) on."""
+        qg, k, v = projected
+        B, T, _ = qg.shape
         q, gate = mx.split(qg.reshape(B, T, self.n_heads, 2 * self.head_dim), 2, axis=-1)
         # q / k norms and RoPE: one kernel on NVIDIA GPUs (decode is bound by launches), else MLX's ops
         rope = self.rope
@@ -286,9 +312,8 @@ class MLP(FusedProjections):
     def residual(self, x: mx.array, r: mx.array, norm: nn.RMSNorm) -> tuple[mx.array, mx.array]:
         """(h, mlp(norm(h))) for h = x + r. In a decode step on NVIDIA GPUs the add, the norm, both input
         projections and the SwiGLU run as one kernel; else `add_rms_norm`, then the MLP."""
-        proj = self.get("fused_proj")
-        if isinstance(proj, nn.Linear) and "bias" not in proj and (
-                fused := add_norm_swiglu(x, r, norm.weight, norm.eps, proj.weight)) is not None:
+        fused = self.fused_gemv(x, r, norm, glu=True)
+        if fused is not None:
             h, y = fused
             return h, self.down_proj(y)
         h, normed = add_rms_norm(x, r, norm.weight, norm.eps)
@@ -316,12 +341,12 @@ class DecoderLayer(nn.Module):
         its output h' + mlp_out, returned as (h', mlp_out). Each residual add is fused with the norm that reads
         its sum (one kernel on GPUs), so TextModel passes mlp_out on to the next layer's input norm."""
         inorm, post = self.input_layernorm, self.post_attention_layernorm
-        if pending is None:
-            x, normed = h, inorm(h)
-        else:
-            x, normed = add_rms_norm(h, pending, inorm.weight, inorm.eps)
         mixer = self.linear_attn if self.is_linear else self.self_attn
-        return self.mlp.residual(x, mixer(normed, cache), post)
+        if pending is None:
+            x, projected = h, mixer.project(inorm(h))
+        else:  # the add, the norm and the mixer's projections: one kernel in a decode step on NVIDIA GPUs
+            x, projected = mixer.project_residual(h, pending, inorm)
+        return self.mlp.residual(x, mixer.mix(projected, cache), post)
 
 
 class TextModel(nn.Module):

@@ -1,7 +1,9 @@
-"""A decode step's residual add, RMSNorm, MLP input projections and SwiGLU in one kernel on NVIDIA GPUs
-(kernels/src/add_norm_swiglu_cuda.body): one launch instead of three (the fused add + norm, MLX's matrix-vector
-product, the compiled silu(gate) * up); decode is bound by launches, and this is two a layer. It takes the few
-rows of a decode step; prefill's many rows stay with MLX's matmul. DELTASERVE_GEMV=mlx switches it off.
+"""A decode step's residual add and RMSNorm fused with the linear layer that reads the norm, on NVIDIA GPUs
+(kernels/src/add_norm_gemv_cuda.body): a mixer's fused input projections, or the MLP's gate | up projections with
+their SwiGLU. One launch instead of two (the fused add + norm, MLX's matrix-vector product) or three (and the
+compiled silu(gate) * up); decode is bound by launches, and this is three a layer. It takes the few rows of a
+decode step; prefill's many rows stay with the separate kernels and MLX's matmul. DELTASERVE_GEMV=mlx switches
+it off.
 """
 
 from __future__ import annotations
@@ -23,10 +25,10 @@ NAMES = (("x", "r", "nw", "w"), ("h", "y"))
 
 @functools.cache
 def _kernel():
-    return build_kernel("cuda", "add_norm_swiglu", "add_norm_swiglu_cuda.body", *NAMES)
+    return build_kernel("cuda", "add_norm_gemv", "add_norm_gemv_cuda.body", *NAMES)
 
 
-def unsupported(x: mx.array, r: mx.array, norm_w: mx.array, w: mx.array) -> str | None:
+def unsupported(x: mx.array, r: mx.array, norm_w: mx.array, w: mx.array, glu: bool = False) -> str | None:
     """Why the kernel cannot take these (the caller runs the separate ops), or None."""
     if os.environ.get(ENV, "").strip().lower() == "mlx":
         return f"{ENV}=mlx"
@@ -36,7 +38,7 @@ def unsupported(x: mx.array, r: mx.array, norm_w: mx.array, w: mx.array) -> str 
         return f"dtypes x {x.dtype} / r {r.dtype} / norm {norm_w.dtype} / w {w.dtype}"
     K = x.shape[-1]
     rows = x.size // K if K else 0
-    if (r.shape != x.shape or norm_w.shape != (K,) or w.ndim != 2 or w.shape[1] != K or w.shape[0] % 2
+    if (r.shape != x.shape or norm_w.shape != (K,) or w.ndim != 2 or w.shape[1] != K or (glu and w.shape[0] % 2)
             or K % (32 * 16 // x.dtype.size)):
         return f"shapes x {x.shape} / r {r.shape} / norm {norm_w.shape} / w {w.shape}"
     if not 0 < rows <= MAX_ROWS or rows * K * x.dtype.size > SHARED_BYTES:
@@ -44,18 +46,19 @@ def unsupported(x: mx.array, r: mx.array, norm_w: mx.array, w: mx.array) -> str 
     return None
 
 
-def add_norm_swiglu(x: mx.array, r: mx.array, norm_w: mx.array, eps: float,
-                    w: mx.array) -> tuple[mx.array, mx.array] | None:
-    """(h, y) for the few rows of x, r [..., K]: h = x + r, n = rms_norm(h) * norm_w (as `norm.add_rms_norm`
-    computes both, bit for bit) and y = silu(n @ w[:I].T) * (n @ w[I:].T) with the fused gate | up weight w
-    [2I, K] (a model parameter: its own 16-byte aligned allocation), rounded as MLX's matmul and the model's
-    compiled SwiGLU round them; y [..., I]. None where `unsupported`."""
-    if unsupported(x, r, norm_w, w) is not None:
+def add_norm_gemv(x: mx.array, r: mx.array, norm_w: mx.array, eps: float, w: mx.array,
+                  glu: bool = False) -> tuple[mx.array, mx.array] | None:
+    """(h, y) for the few rows of x, r [..., K]: h = x + r and n = rms_norm(h) * norm_w (as `norm.add_rms_norm`
+    computes both, bit for bit), then y = n @ w.T for w [I, K], or with `glu` y = silu(n @ w[:I].T) *
+    (n @ w[I:].T) for w [2I, K]; w is a model parameter (its own 16-byte aligned allocation). Rounded as MLX's
+    matmul and the model's compiled SwiGLU round them; y [..., I]. None where `unsupported`."""
+    if unsupported(x, r, norm_w, w, glu) is not None:
         return None
-    K, I = x.shape[-1], w.shape[0] // 2
+    K, I = x.shape[-1], w.shape[0] // 2 if glu else w.shape[0]
     rows = x.size // K
     h, y = _kernel()(
         inputs=[x.reshape(rows, K), r.reshape(rows, K), norm_w, w], output_shapes=[(rows, K), (rows, I)],
         output_dtypes=[x.dtype, x.dtype], grid=(-(-I // WARPS) * 32 * WARPS, 1, 1), threadgroup=(32 * WARPS, 1, 1),
-        template=[("DT", x.dtype), ("K", K), ("I", I), ("M", rows), ("NW", WARPS), ("EPS", float_bits(eps))])
+        template=[("DT", x.dtype), ("K", K), ("I", I), ("M", rows), ("NW", WARPS), ("EPS", float_bits(eps)),
+                  ("GLU", glu)])
     return h.reshape(x.shape), y.reshape(*x.shape[:-1], I)

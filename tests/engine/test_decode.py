@@ -125,25 +125,29 @@ def test_the_fused_qk_norm_rope_is_wired_to_its_contract(checkpoint, monkeypatch
     assert {"int", "array"} <= set(calls), set(calls)
 
 
-def test_the_fused_mlp_input_is_wired_to_its_contract(checkpoint, monkeypatch):
-    """On NVIDIA GPUs each layer hands `kernels.gemv.add_norm_swiglu` its residual stream, the mixer's output,
-    the post-mixer norm's weight and eps, and the MLP's fused gate | up weight, and takes h = x + r and
-    silu(gate) * up of the normed sum. With a stand-in computing that documented contract in MLX ops (wherever
-    it is called: prefill too), prefill and compiled decode still match transformers; swapped halves or the
-    residual and output in the wrong places would not."""
+def test_the_fused_add_norm_projections_are_wired_to_their_contract(checkpoint, monkeypatch):
+    """On NVIDIA GPUs each layer hands `kernels.gemv.add_norm_gemv` its residual stream, the pending output, a
+    norm's weight and eps, and the fused weight after that norm: the mixer's input projections (their outputs
+    split as `project` splits them) and the MLP's gate | up (`glu`: silu(gate) * up); it takes h = x + r and
+    the projection of the normed sum. With a stand-in computing that documented contract in MLX ops (wherever it
+    is called: prefill too), prefill and compiled decode still match transformers; swapped halves, a wrong norm
+    or the residual and output in the wrong places would not."""
     import engine.model as model_module
 
     calls = []
 
-    def contract(x, r, norm_w, eps, w):
-        calls.append(x.shape)
+    def contract(x, r, norm_w, eps, w, glu=False):
+        calls.append((x.shape, glu))
         h = x + r
-        gate, up = mx.split(mx.fast.rms_norm(h, norm_w, eps) @ w.T, 2, axis=-1)
-        return h, gate * mx.sigmoid(gate) * up
+        y = mx.fast.rms_norm(h, norm_w, eps) @ w.T
+        if glu:
+            gate, up = mx.split(y, 2, axis=-1)
+            y = gate * mx.sigmoid(gate) * up
+        return h, y
 
-    monkeypatch.setattr(model_module, "add_norm_swiglu", contract)
+    monkeypatch.setattr(model_module, "add_norm_gemv", contract)
     test_compiled_decode_matches_transformers_across_buffer_growth(checkpoint)
-    assert any(shape[-2] == 1 for shape in calls)
+    assert {glu for shape, glu in calls if shape[-2] == 1} == {False, True}
 
 
 def test_switched_off_or_before_prefill_the_step_runs_op_by_op(checkpoint, monkeypatch):

@@ -72,7 +72,7 @@ def record_launches(fn: Callable[[], object]) -> tuple[object, list[Launch]]:
         return recorder("qk_norm_rope", attention.QK_NAMES, *gpu.kernel_sources("cuda", "qk_norm_rope_cuda.body"))
 
     def gemv_kernel():
-        return recorder("add_norm_swiglu", gemv.NAMES, *gpu.kernel_sources("cuda", "add_norm_swiglu_cuda.body"))
+        return recorder("add_norm_gemv", gemv.NAMES, *gpu.kernel_sources("cuda", "add_norm_gemv_cuda.body"))
 
     recorders = [(gpu, "kernel", gdn_kernel), (attention, "_kernel", attention_kernel), (norm, "_kernel", norm_kernel),
                  (attention, "_decode_kernel", decode_attention_kernel), (attention, "_qk_kernel", qk_kernel),
