@@ -93,8 +93,9 @@ def test_cuda_serial_kernel_matches_the_oracle(tmp_path, dtype):
 
 
 @pytest.mark.parametrize("dtype", [mx.float32, mx.bfloat16], ids=["fp32", "bf16"])
-@pytest.mark.parametrize("dims", [(SHAPE["Hk"], SHAPE["Hv"], SHAPE["Dk"], SHAPE["Dv"]), (2, 2, 32, 512)],
-                         ids=["Dv48", "Dv512"])  # Dv 512: 16 groups of 32 rows a head (gpu.decode_rows)
+@pytest.mark.parametrize("dims", [(SHAPE["Hk"], SHAPE["Hv"], SHAPE["Dk"], SHAPE["Dv"]), (2, 2, 32, 512), (2, 2, 32, 192)],
+                         ids=["Dv48", "Dv512", "Dv192"])  # gpu.decode_rows: 16 groups of 32 rows a head at Dv 512
+# (four rounds of the kernel's 8 prefetched rows), of 12 at Dv 192 (a partial second round)
 def test_cuda_decode_kernel_matches_the_oracle(tmp_path, dtype, dims):
     """The fused decode step (conv, SiLU, norms, gates, serial step, conv-cache shift, the output's gated norm),
     rounding as the ops."""
