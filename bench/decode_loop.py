@@ -3,7 +3,9 @@
 `generate_step` loop (compiled and op by op), and, for the compiled loop, the host's share per token (building
 the step and the sampler's graph, submitting it, waiting for the token).
 
-Usage: python bench/decode_loop.py [--model demo-0.8b] [--context 512] [--tokens 64]
+Usage: python bench/decode_loop.py [--model demo-0.8b] [--context 512] [--tokens 64] [--short] [--repeats 3]
+  --short: the compiled rows only (pipelined step, `generate_step`) and the host's share, for A/B runs of two
+  trees (`tools/device-checks.sh ab-decode` runs this script against another tree's engine)
 """
 
 from __future__ import annotations
@@ -119,6 +121,8 @@ def main() -> None:
     parser.add_argument("--model", default="demo-0.8b")
     parser.add_argument("--context", type=int, default=512)
     parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--short", action="store_true", help="compiled rows and host share only")
+    parser.add_argument("--repeats", type=int, default=3, help="runs each row's median is taken over")
     args = parser.parse_args()
     model = load_model(ensure_demo(args.model), DEMO_DTYPES.get(args.model, mx.bfloat16))
     opts, compiled, ctx = PrefillOptions("chunked", 64), CompiledDecode(model), args.context
@@ -129,7 +133,9 @@ def main() -> None:
         "generate_step (compiled step)": generation(model, ctx, opts),
         "generate_step (op by op)": generation(model, ctx, opts, compiled=False),
     }
-    ms = {name: per_token(run, args.tokens) for name, run in rows.items()}
+    if args.short:
+        rows = {k: v for k, v in rows.items() if "compiled" in k and "each evaluated" not in k}
+    ms = {name: per_token(run, args.tokens, args.repeats) for name, run in rows.items()}
     print(f"{args.model}, context {ctx}, {args.tokens} tokens, device {mx.default_device()}; "
           f"compiled step broken: {compiled.broken}")
     print("| decode loop | ms / token | tok/s |\n|---|---:|---:|")

@@ -15,6 +15,8 @@
 #   bash tools/device-checks.sh decode   # the compiled decode step's kernels under ncu; one layer's step, fused vs ops
 #   bash tools/device-checks.sh ab-env VAR  # a decode token's time with VAR=mlx (MLX's ops) and without, alternating:
 #                                        # DELTASERVE_NORM, DELTASERVE_ATTENTION, DELTASERVE_GEMV switch our kernels
+#   bash tools/device-checks.sh ab-decode # a decode token's time (bench/decode_loop.py --short) in a base tree
+#                                        # (exp/base, as for `ab`) against this tree's, alternating, 512 / 8192 context
 #   bash tools/device-checks.sh ttft-gil # server TTFT with CPython's GIL switch interval lowered (5 / 1 / 0.2 ms)
 #   bash tools/device-checks.sh state-ncu # the state pass at 16384 tokens under Nsight Compute's full set: stall
 #                                        # reasons, shared-memory wavefronts and the source lines they come from
@@ -125,6 +127,20 @@ case "${1:?part: e2e, gates, kernels or tiles}" in
         env "$var=$mode" timeout 140 python3 bench/decode_loop.py --tokens 64 2>&1 | grep "|\|host"
       done
     done 2>&1 | tee "$out/ab-env-$var.txt"
+    ;;
+  ab-decode)
+    # this tree's script on each tree's engine (bench/ comes first on sys.path, the tree's packages from PYTHONPATH)
+    [ -d exp/base/engine ] || { echo "no base tree at exp/base" >&2; exit 2; }
+    root=$PWD
+    for ctx in 512 8192; do
+      for round in 1 2; do
+        for tree in exp/base .; do
+          echo "== context $ctx, round $round: $tree"
+          (cd "$tree" && PYTHONPATH=/tmp/site:$PWD timeout 90 python3 "$root/bench/decode_loop.py" --short \
+            --context $ctx --tokens 128 --repeats 5 2>&1 | grep "|\|host")
+        done
+      done
+    done 2>&1 | tee "$out/ab-decode.txt"
     ;;
   ttft-gil)
     # Is the server's first token held back by the GIL (the worker thread building and submitting the next decode
