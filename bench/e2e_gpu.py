@@ -259,7 +259,8 @@ def server_ttft(model: str, T: int, runs: int, chunked: bool, step_size: int, ma
     """Median client-side time to the first streamed token of a T-token prompt through a real `deltaserve serve`
     (a subprocess on a loopback port, warmed up at start), each request over a new connection (`ttft_ms`) and,
     alternating with those, over one kept alive (`ttft_keepalive_ms`); the server's own prefill time for the same
-    requests (GET /v1/timings/{id}: `prompt_ms`) and its phase times since the request arrived, in ms."""
+    requests (GET /v1/timings/{id}: `prompt_ms`; `server_prefill_ms` for the new connections' requests,
+    `server_prefill_keepalive_ms` for the others) and its phase times since the request arrived, in ms."""
     import http.client
     import socket
     import sys
@@ -276,19 +277,22 @@ def server_ttft(model: str, T: int, runs: int, chunked: bool, step_size: int, ma
         _wait_ready(url, server)
         body = json.dumps({"model": model, "prompt": prompt(T), "max_tokens": max_tokens, "stream": True,
                            "temperature": 0, "ignore_eos": True}).encode()
-        ttft, kept, prefill_ms, phases = [], [], [], []
+        ttft, kept, prefill_ms, kept_prefill_ms, phases = [], [], [], [], []
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
         for i in range(2 * (runs + 1)):  # the first request of each kind is not counted
             first, rid = _first_token(url, body, conn if i % 2 else None)
             with urllib.request.urlopen(f"{url}/v1/timings/{rid}", timeout=30) as r:
                 record = json.loads(r.read())
             if i > 1:
+                # each TTFT median is set against the prefill median of the same requests: a request's TTFT
+                # includes its prefill, so the medians keep that order (other requests' prefills need not)
                 (kept if i % 2 else ttft).append(first * 1e3)
-                prefill_ms.append(record["timings"]["prompt_ms"])
+                (kept_prefill_ms if i % 2 else prefill_ms).append(record["timings"]["prompt_ms"])
                 phases.append(record["phases_ms"])
         conn.close()
         out = {"ttft_ms": statistics.median(ttft), "ttft_keepalive_ms": statistics.median(kept),
-               "server_prefill_ms": statistics.median(prefill_ms)}
+               "server_prefill_ms": statistics.median(prefill_ms),
+               "server_prefill_keepalive_ms": statistics.median(kept_prefill_ms)}
         for name in ("admitted", "prefill_start", "first_token"):
             out[f"server_{name}_ms"] = statistics.median(p[name] for p in phases)
         return out
@@ -308,7 +312,7 @@ def print_server_ttft(args, ours: Result | None) -> None:
           f"{s['ttft_ms'] / s['server_prefill_ms']:.2f}")
     kept = s["ttft_keepalive_ms"]
     print(f"server, the same requests over a kept-alive connection: time to first token {kept:.1f} ms; "
-          f"TTFT / server prefill {kept / s['server_prefill_ms']:.2f}")
+          f"TTFT / server prefill {kept / s['server_prefill_keepalive_ms']:.2f}")
     print(f"server phases since the request arrived (ms): admitted {s['server_admitted_ms']:.1f}, prefill start "
           f"{s['server_prefill_start_ms']:.1f}, first token {s['server_first_token_ms']:.1f}; the rest of the "
           f"client's TTFT (HTTP both ways, parsing) {s['ttft_ms'] - s['server_first_token_ms']:.1f}")
