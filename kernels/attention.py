@@ -14,12 +14,11 @@ the caller falls back to `mx.fast.scaled_dot_product_attention`. DELTASERVE_ATTE
 from __future__ import annotations
 
 import functools
-import os
 
 import mlx.core as mx
 import numpy as np
 
-from kernels.gpu import build_kernel, float_bits, read_source
+from kernels.gpu import build_kernel, cuda_off, float_bits, read_source
 
 ENV = "DELTASERVE_ATTENTION"  # "mlx": always MLX's own attention (for comparison)
 TILE = 64  # queries (and keys) per tile; 4 warps of 16 query rows
@@ -100,11 +99,7 @@ def causal_attention(q: mx.array, k: mx.array, v: mx.array, scale: float) -> mx.
 
 def kernels_off() -> str | None:
     """Why no attention kernel of this module runs here (switched off, not an NVIDIA GPU), or None."""
-    if os.environ.get(ENV, "").strip().lower() == "mlx":
-        return f"{ENV}=mlx"
-    if mx.default_device() != mx.gpu or not mx.cuda.is_available():
-        return "not an NVIDIA GPU"
-    return None
+    return cuda_off(ENV)
 
 
 def decode_unsupported(q: mx.array, k: mx.array, v: mx.array, scale: float) -> str | None:

@@ -9,12 +9,11 @@ it off.
 from __future__ import annotations
 
 import functools
-import os
 
 import mlx.core as mx
 
 from kernels import norm
-from kernels.gpu import build_kernel, float_bits
+from kernels.gpu import build_kernel, cuda_off, float_bits
 
 ENV = "DELTASERVE_GEMV"  # "mlx": always the separate kernels and MLX's matmul (for comparison)
 WARPS = norm.THREADS // 32  # output columns a block (a warp each); its threads sum the norm as add_rms_norm does
@@ -28,12 +27,15 @@ def _kernel():
     return build_kernel("cuda", "add_norm_gemv", "add_norm_gemv_cuda.body", *NAMES)
 
 
+def kernels_off() -> str | None:
+    """Why the kernel does not run here (switched off, not an NVIDIA GPU), or None."""
+    return cuda_off(ENV)
+
+
 def unsupported(x: mx.array, r: mx.array, norm_w: mx.array, w: mx.array, glu: bool = False) -> str | None:
     """Why the kernel cannot take these (the caller runs the separate ops), or None."""
-    if os.environ.get(ENV, "").strip().lower() == "mlx":
-        return f"{ENV}=mlx"
-    if mx.default_device() != mx.gpu or not mx.cuda.is_available():
-        return "not an NVIDIA GPU"
+    if off := kernels_off():
+        return off
     if len({x.dtype, r.dtype, norm_w.dtype, w.dtype}) != 1 or x.dtype not in (mx.bfloat16, mx.float16, mx.float32):
         return f"dtypes x {x.dtype} / r {r.dtype} / norm {norm_w.dtype} / w {w.dtype}"
     K = x.shape[-1]

@@ -49,6 +49,15 @@ def gpu_backend() -> str | None:
     return "cuda" if mx.cuda.is_available() else None
 
 
+def cuda_off(env: str) -> str | None:
+    """Why CUDA-only kernels switched by `env` (="mlx": off) do not run here, or None."""
+    if os.environ.get(env, "").strip().lower() == "mlx":
+        return f"{env}=mlx"
+    if mx.default_device() != mx.gpu or not mx.cuda.is_available():
+        return "not an NVIDIA GPU"
+    return None
+
+
 def unsupported(q: mx.array, v: mx.array, chunk_size: int | None, backend: str) -> str | None:
     """Why the kernels cannot take these shapes (the caller falls back to the ops path), or None."""
     return unsupported_dims(q.shape[-1], v.shape[-1], chunk_size, backend, q.dtype.size)
