@@ -102,6 +102,32 @@ def _sigmoid_gate(x: mx.array, gate: mx.array) -> mx.array:
     return x * mx.sigmoid(gate)
 
 
+class Linear(nn.Linear):
+    """nn.Linear that multiplies a single position of a single sequence [1, 1, in] by a [1, in, out] transposed
+    view of its weight, evaluated once by `hold_decode_view`: one graph node where `x @ w.T` is four (transpose,
+    flatten, matmul, unflatten). A decode token is bound by the host's cost per node (~145 fewer a token at
+    0.8B); the product is the same."""
+
+    def hold_decode_view(self) -> None:
+        view = self.weight.T[None]
+        mx.eval(view)  # a view: shares the weight's memory
+        object.__setattr__(self, "_decode_view", (self.weight, view))  # a plain attribute, not a parameter
+
+    def __call__(self, x: mx.array) -> mx.array:
+        held = self.__dict__.get("_decode_view")
+        # (used only while the weight it views is still this layer's: a reload or a fusion leaves it unused)
+        if held is not None and held[0] is self.get("weight") and x.shape[:-1] == (1, 1):
+            return x @ held[1] if "bias" not in self else mx.addmm(self["bias"], x, held[1])
+        return super().__call__(x)
+
+
+def hold_decode_views(model: nn.Module) -> None:
+    """Give every `Linear` of the model its decode view (after loading, quantizing and fusing)."""
+    for _, m in model.named_modules():
+        if isinstance(m, Linear):
+            m.hold_decode_view()
+
+
 def fuse_linears(layers: list[nn.Module]) -> nn.Module | None:
     """One layer computing `layers`' outputs side by side (their rows stacked), when all are Linear, or all
     QuantizedLinear with one quantization, with the same parameters; else None."""
@@ -110,7 +136,7 @@ def fuse_linears(layers: list[nn.Module]) -> nn.Module | None:
                 getattr(m, "bits", None), getattr(m, "mode", None))
 
     first = layers[0]
-    if type(first) not in (nn.Linear, nn.QuantizedLinear) or any(kind(m) != kind(first) for m in layers):
+    if type(first) not in (Linear, nn.Linear, nn.QuantizedLinear) or any(kind(m) != kind(first) for m in layers):
         return None
     fused = copy.copy(first)  # keeps the quantization settings and the frozen state
     for key in kind(first)[1]:
@@ -188,17 +214,17 @@ class GatedDeltaNet(FusedProjections):
         self.value_dim = self.num_v_heads * self.head_v_dim
         self.conv_kernel_size = args.linear_conv_kernel_dim
         self.conv_dim = 2 * self.key_dim + self.value_dim
-        self.in_proj_qkv = nn.Linear(args.hidden_size, self.conv_dim, bias=False)
-        self.in_proj_z = nn.Linear(args.hidden_size, self.value_dim, bias=False)
-        self.in_proj_b = nn.Linear(args.hidden_size, self.num_v_heads, bias=False)
-        self.in_proj_a = nn.Linear(args.hidden_size, self.num_v_heads, bias=False)
+        self.in_proj_qkv = Linear(args.hidden_size, self.conv_dim, bias=False)
+        self.in_proj_z = Linear(args.hidden_size, self.value_dim, bias=False)
+        self.in_proj_b = Linear(args.hidden_size, self.num_v_heads, bias=False)
+        self.in_proj_a = Linear(args.hidden_size, self.num_v_heads, bias=False)
         self.conv1d = nn.Conv1d(
             self.conv_dim, self.conv_dim, self.conv_kernel_size, groups=self.conv_dim, bias=False
         )
         self.A_log = mx.zeros((self.num_v_heads,), dtype=mx.float32)
         self.dt_bias = mx.ones((self.num_v_heads,), dtype=mx.float32)
         self.norm = RMSNormGated(self.head_v_dim, args.rms_norm_eps)
-        self.out_proj = nn.Linear(self.value_dim, args.hidden_size, bias=False)
+        self.out_proj = Linear(self.value_dim, args.hidden_size, bias=False)
 
     def __call__(self, x: mx.array, cache: GDNCache) -> mx.array:
         return self.mix(self.project(x), cache)
@@ -238,10 +264,10 @@ class Attention(FusedProjections):
         )
         self.scale = self.head_dim**-0.5
         bias = args.attention_bias
-        self.q_proj = nn.Linear(args.hidden_size, self.n_heads * self.head_dim * 2, bias=bias)
-        self.k_proj = nn.Linear(args.hidden_size, self.n_kv_heads * self.head_dim, bias=bias)
-        self.v_proj = nn.Linear(args.hidden_size, self.n_kv_heads * self.head_dim, bias=bias)
-        self.o_proj = nn.Linear(self.n_heads * self.head_dim, args.hidden_size, bias=bias)
+        self.q_proj = Linear(args.hidden_size, self.n_heads * self.head_dim * 2, bias=bias)
+        self.k_proj = Linear(args.hidden_size, self.n_kv_heads * self.head_dim, bias=bias)
+        self.v_proj = Linear(args.hidden_size, self.n_kv_heads * self.head_dim, bias=bias)
+        self.o_proj = Linear(self.n_heads * self.head_dim, args.hidden_size, bias=bias)
         self.q_norm = nn.RMSNorm(self.head_dim, eps=args.rms_norm_eps)
         self.k_norm = nn.RMSNorm(self.head_dim, eps=args.rms_norm_eps)
         self.rope = nn.RoPE(args.rotary_dim, traditional=False, base=args.rope_theta)
@@ -302,9 +328,9 @@ class MLP(FusedProjections):
 
     def __init__(self, dim: int, hidden_dim: int):
         super().__init__()
-        self.gate_proj = nn.Linear(dim, hidden_dim, bias=False)
-        self.up_proj = nn.Linear(dim, hidden_dim, bias=False)
-        self.down_proj = nn.Linear(hidden_dim, dim, bias=False)
+        self.gate_proj = Linear(dim, hidden_dim, bias=False)
+        self.up_proj = Linear(dim, hidden_dim, bias=False)
+        self.down_proj = Linear(hidden_dim, dim, bias=False)
 
     def __call__(self, x: mx.array) -> mx.array:
         return self.down_proj(_swiglu(*self.project(x)))
@@ -374,7 +400,7 @@ class Model(nn.Module):
         self.model_type = args.model_type
         self.model = TextModel(args)
         if not args.tie_word_embeddings:
-            self.lm_head = nn.Linear(args.hidden_size, args.vocab_size, bias=False)
+            self.lm_head = Linear(args.hidden_size, args.vocab_size, bias=False)
 
     def hidden(self, inputs: mx.array, cache: list | None = None) -> mx.array:
         """Final-norm hidden states [B, T, hidden] for token ids [B, T]."""
