@@ -233,12 +233,13 @@ class GatedDeltaNet(FusedProjections):
         """The layer from its input projections (qkv, z, b, a) on."""
         qkv, z, b, a = projected
         B, T, _ = qkv.shape
-        z = z.reshape(B, T, self.num_v_heads, self.head_v_dim)
-        if T == 1:  # decode: conv, norms, gates, the serial step and the gated norm in one call (one kernel on GPUs)
+        if T == 1:  # decode: conv, norms, gates, the serial step and the gated norm in one call (one kernel on GPUs;
+            # z and its output stay in the projections' [B, 1, value_dim] layout: no reshape nodes in the step)
             out, cache.conv_state, cache.state = gated_delta_decode(
                 qkv, cache.conv_state, self.conv1d.weight, a, b, self.A_log, self.dt_bias, cache.state, z,
                 self.norm.weight, num_k_heads=self.num_k_heads, head_k_dim=self.head_k_dim, eps=self.norm.eps)
-            return self.out_proj(out.reshape(B, T, self.value_dim))
+            return self.out_proj(out)
+        z = z.reshape(B, T, self.num_v_heads, self.head_v_dim)
         q, k, v, cache.conv_state = gated_delta_prologue(  # conv, SiLU, split, q / k norms: one kernel on GPUs
             qkv, cache.conv_state, self.conv1d.weight, num_k_heads=self.num_k_heads, head_k_dim=self.head_k_dim,
             num_v_heads=self.num_v_heads)

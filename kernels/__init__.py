@@ -109,10 +109,10 @@ def gated_delta_decode(
     """One decode token of a GDN layer, from its projections to the input of its output projection: causal conv
     + SiLU of qkv [B, 1, 2 Hk Dk + Hv Dv] against the cached K-1 rows conv_state [B, K-1, ·] (None: zeros; conv_w
     [·, K, 1]), the q / k l2-norm, the decay and beta from a, b [B, 1, Hv], the serial step of state [B, Hv, Dv,
-    Dk] (None: zeros), then the output's gated RMSNorm (`norm.gated_rms_norm` with gate z [B, 1, Hv, Dv], weight
-    norm_w [Dv], eps). Returns (out [B, 1, Hv, Dv] in qkv's dtype, the new conv rows, the new state). One kernel
-    on GPUs (decode is bound by launches); kernels/prologue.py, the serial core and the norm elsewhere, which the
-    kernel reproduces."""
+    Dk] (None: zeros), then the output's gated RMSNorm (`norm.gated_rms_norm` with gate z [B, 1, Hv, Dv] or, as
+    the projection gives it, [B, 1, Hv * Dv]; weight norm_w [Dv], eps). Returns (out shaped like z, in qkv's
+    dtype, the new conv rows, the new state). One kernel on GPUs (decode is bound by launches); kernels/prologue.py,
+    the serial core and the norm elsewhere, which the kernel reproduces."""
     B, _, CD = qkv.shape
     Hv = a.shape[-1]
     Dv = (CD - 2 * num_k_heads * head_k_dim) // Hv
@@ -122,12 +122,12 @@ def gated_delta_decode(
         conv_state = mx.zeros((B, conv_w.shape[1] - 1, CD), dtype=qkv.dtype)
     backend = _backend()
     if (backend and qkv.shape[1] == 1 and not gpu.unsupported_dims(head_k_dim, Dv, None, backend)
-            and z.shape == (B, 1, Hv, Dv) and norm_w.shape == (Dv,)):
+            and z.shape in ((B, 1, Hv, Dv), (B, 1, Hv * Dv)) and norm_w.shape == (Dv,)):
         return gpu.decode(qkv, conv_state, conv_w, a, b, a_log, dt_bias, state, z, norm_w, num_k_heads=num_k_heads,
                           head_k_dim=head_k_dim, eps=eps, backend=backend)
     out, conv_state, state = gated_delta_decode_ops(qkv, conv_state, conv_w, a, b, a_log, dt_bias, state,
                                                     num_k_heads=num_k_heads, head_k_dim=head_k_dim)
-    return gated_rms_norm(out, z, norm_w, eps), conv_state, state
+    return gated_rms_norm(out, z.reshape(out.shape), norm_w, eps).reshape(z.shape), conv_state, state
 
 
 def gated_delta_decode_ops(qkv, conv_state, conv_w, a, b, a_log, dt_bias, state, *, num_k_heads: int,

@@ -253,8 +253,8 @@ def decode_rows(Dv: int) -> int:
 def decode(qkv, conv_state, conv_w, a, b, a_log, dt_bias, state, z, norm_w, *, num_k_heads: int, head_k_dim: int,
            eps: float, backend: str, verbose: bool = False):
     """One decode token of a GDN layer in one kernel, its output's gated RMSNorm included (see
-    kernels.gated_delta_decode): one threadgroup per (head, sequence), `decode_rows` value rows a 32-thread
-    group."""
+    kernels.gated_delta_decode; out shaped like z, [B, 1, Hv, Dv] or [B, 1, Hv * Dv]: one layout in memory):
+    one threadgroup per (head, sequence), `decode_rows` value rows a 32-thread group."""
     B, _, CD = qkv.shape
     Hv, Dv = state.shape[1], state.shape[2]
     CK = conv_w.shape[1]
@@ -262,7 +262,7 @@ def decode(qkv, conv_state, conv_w, a, b, a_log, dt_bias, state, z, norm_w, *, n
     out, conv_out, new_state = kernel(backend, "decode")(
         inputs=[qkv, conv_state.astype(qkv.dtype), conv_w, a, b, a_log.astype(mx.float32),
                 dt_bias.astype(mx.float32), state.astype(mx.float32), z, norm_w],
-        output_shapes=[(B, 1, Hv, Dv), (B, CK - 1, CD), state.shape],
+        output_shapes=[z.shape, (B, CK - 1, CD), state.shape],
         output_dtypes=[qkv.dtype, qkv.dtype, mx.float32],
         grid=(Dv // rows * 32, B * Hv, 1),
         threadgroup=(Dv // rows * 32, 1, 1),

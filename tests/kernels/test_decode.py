@@ -13,16 +13,19 @@ from tests.kernels.inputs import DECODE_EPS, decode_inputs
 from tests.numerics import assert_close_to_scale
 
 
-@pytest.mark.parametrize("case", ["base", "grouped-B2", "empty-caches", "Dk128"])
+@pytest.mark.parametrize("case", ["base", "grouped-B2", "empty-caches", "Dk128", "flat-z"])
 def test_decode_step_matches_the_oracle(case):
     kw = {"base": {}, "grouped-B2": dict(B=2, Hk=1, Hv=4), "empty-caches": dict(empty=True),
-          "Dk128": dict(Hk=2, Hv=2, Dk=128, Dv=128)}[case]
+          "Dk128": dict(Hk=2, Hv=2, Dk=128, Dv=128), "flat-z": dict(B=2)}[case]
     Hk, Dk = kw.get("Hk", 2), kw.get("Dk", 64)
     ref, arrays = decode_inputs(seed=3, **kw)
     ref_out, ref_conv, ref_state = oracle.decode_step(*ref, Hk, Dk)
     if case == "empty-caches":  # None caches mean zeros
         arrays[1] = arrays[7] = None
         ref_out, ref_conv, ref_state = oracle.decode_step(*ref[:7], np.zeros_like(ref[7]), *ref[8:], Hk, Dk)
+    if case == "flat-z":  # the gate as the projection gives it, [B, 1, Hv * Dv]: the output comes back so
+        arrays[8] = arrays[8].reshape(*arrays[8].shape[:2], -1)
+        ref_out = ref_out.reshape(arrays[8].shape)
     out, conv, state = gated_delta_decode(*arrays, num_k_heads=Hk, head_k_dim=Dk, eps=DECODE_EPS)
     assert_close_to_scale("out", np.array(out), ref_out, rel=1e-5)
     assert_close_to_scale("conv state", np.array(conv), ref_conv, rel=1e-6)
