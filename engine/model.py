@@ -291,14 +291,15 @@ class Attention(FusedProjections):
             k = rope(self.k_norm(k.reshape(B, T, self.n_kv_heads, -1)).transpose(0, 2, 1, 3), offset=cache.offset)
         else:
             q, k = fused
-        v = v.reshape(B, T, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
-        # On NVIDIA GPUs a compiled decode step's KV write, attention and output gate run as two fused kernels,
-        # and causal prefill's attention as one (out [B, T, H, D]); elsewhere MLX's attention.
+        # On NVIDIA GPUs a compiled decode step's KV write, attention and output gate run as two fused kernels (v
+        # in the projection's layout: no reshape nodes), and causal prefill's attention as one (out [B, T, H, D]);
+        # elsewhere MLX's attention.
         if isinstance(cache, FixedKV) and (fused := decode_attention(
                 q, k, v, cache.keys, cache.values, cache.filled(T), qg, self.scale)) is not None:
             o, keys, values = fused
             cache.written(keys, values)
             return self.o_proj(o)
+        v = v.reshape(B, T, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
         k, v = cache.update_and_fetch(k, v)
         mask = cache.mask(T)
         o = causal_attention(q, k, v, self.scale) if isinstance(mask, str) else None

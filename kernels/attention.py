@@ -128,7 +128,8 @@ def _decode_kernel(body: str):
 def decode_attention(q: mx.array, k: mx.array, v: mx.array, k_cache: mx.array, v_cache: mx.array,
                      n_keys: mx.array, qg: mx.array, scale: float) -> tuple[mx.array, mx.array, mx.array] | None:
     """One decode token of Qwen3.5's gated attention on the compiled step's whole cache buffers: writes this token's
-    key / value rows k, v [B, Hkv, 1, D] at position n - 1 of k_cache, v_cache [B, Hkv, L, D] (n = n_keys, int32,
+    key / value rows k, v [B, Hkv, 1, D] (v also as its projection gives it, [B, 1, Hkv * D]: one layout in
+    memory at one token) at position n - 1 of k_cache, v_cache [B, Hkv, L, D] (n = n_keys, int32,
     one element, on the device: the positions filled after the write), then softmax(q kc[:n]^T * scale) vc[:n]
     for q [B, Hq, 1, D], times sigmoid of each head's gate (qg [B, 1, Hq * 2D]: each head's query, then its gate).
     Returns (out [B, 1, Hq * D], the new k_cache, the new v_cache); None where `decode_unsupported` (the caller
@@ -137,7 +138,8 @@ def decode_attention(q: mx.array, k: mx.array, v: mx.array, k_cache: mx.array, v
         return None
     B, Hq, _, D = q.shape
     Hkv, L = k_cache.shape[1], k_cache.shape[2]
-    if (k.shape != (B, Hkv, 1, D) or v.shape != k.shape or k.dtype != q.dtype or v.dtype != q.dtype
+    if (k.shape != (B, Hkv, 1, D) or v.shape not in (k.shape, (B, 1, Hkv * D)) or k.dtype != q.dtype
+            or v.dtype != q.dtype
             or qg.shape != (B, 1, Hq * 2 * D) or qg.dtype != q.dtype):
         return None
     S = -(-L // DECODE_KEYS)

@@ -71,6 +71,7 @@ def test_the_fused_decode_attention_is_wired_to_its_contract(checkpoint, monkeyp
     def contract(q, k, v, k_cache, v_cache, n_keys, qg, scale):
         calls.append(q.shape)
         B, Hq, _, D = q.shape
+        v = v.reshape(B, 1, k_cache.shape[1], D).transpose(0, 2, 1, 3)  # [B, Hkv, 1, D] or [B, 1, Hkv * D]
         positions = mx.arange(k_cache.shape[2])
         at = (positions == n_keys - 1)[:, None]
         k_cache, v_cache = mx.where(at, k, k_cache), mx.where(at, v, v_cache)

@@ -40,6 +40,11 @@ def inputs(B, Hq, Hkv, T, L, D, dtype, seed):
     return as_mx, exact
 
 
+def flat_rows(x: mx.array) -> mx.array:
+    """A token's key / value rows [B, Hkv, 1, D] in the projection's layout [B, 1, Hkv * D]."""
+    return x.transpose(0, 2, 1, 3).reshape(x.shape[0], 1, -1)
+
+
 def decode_attention_case(B, Hq, Hkv, L, D, n, dtype, seed):
     """Arguments of `attention.decode_attention` (less the scale) for one decode token at position n - 1 of
     L-position buffers that hold junk from n - 1 on (1e3: a leaked position would dominate); the float64 oracle
@@ -143,6 +148,8 @@ def test_decode_attention_matches_float64_oracle_and_mlx(n, dtype):
     (a select, masked attention, sigmoid gate)."""
     seed = int.from_bytes(os.urandom(4), "little")
     args, ref, written = decode_attention_case(B=2, Hq=8, Hkv=2, L=4096, D=256, n=n, dtype=dtype, seed=seed)
+    if n == 257:  # v as the model's projection gives it, [B, 1, Hkv * D]
+        args = (*args[:2], flat_rows(args[2]), *args[3:])
     got = attention.decode_attention(*args, 256**-0.5)
     assert got is not None and got[0].shape == (2, 1, 8 * 256)
     out, ko, vo = (np.array(x.astype(mx.float32)) for x in got)
@@ -151,6 +158,7 @@ def test_decode_attention_matches_float64_oracle_and_mlx(n, dtype):
     np.testing.assert_array_equal(ko, written[0])
     np.testing.assert_array_equal(vo, written[1])
     q, kn, vn, kc, vc, _, qg = args
+    vn = vn.reshape(2, 1, 2, 256).transpose(0, 2, 1, 3)
     at = (mx.arange(4096) == n - 1)[:, None]
     kc, vc = mx.where(at, kn, kc), mx.where(at, vn, vc)
     mask = (mx.arange(4096) < n)[None, None, None, :]
