@@ -58,9 +58,11 @@ def add_norm_gemv(x: mx.array, r: mx.array, norm_w: mx.array, eps: float, w: mx.
         return None
     K, I = x.shape[-1], w.shape[0] // 2 if glu else w.shape[0]
     rows = x.size // K
+    # the rows as they come ([B, 1, K] in a decode step: the kernel reads them flat, and a reshape each way
+    # would be four more graph nodes a call for the host to evaluate)
     h, y = _kernel()(
-        inputs=[x.reshape(rows, K), r.reshape(rows, K), norm_w, w], output_shapes=[(rows, K), (rows, I)],
-        output_dtypes=[x.dtype, x.dtype], grid=(-(-I // WARPS) * 32 * WARPS, 1, 1), threadgroup=(32 * WARPS, 1, 1),
+        inputs=[x, r, norm_w, w], output_shapes=[x.shape, (*x.shape[:-1], I)], output_dtypes=[x.dtype, x.dtype],
+        grid=(-(-I // WARPS) * 32 * WARPS, 1, 1), threadgroup=(32 * WARPS, 1, 1),
         template=[("DT", x.dtype), ("K", K), ("I", I), ("M", rows), ("NW", WARPS), ("EPS", float_bits(eps)),
                   ("GLU", glu)])
-    return h.reshape(x.shape), y.reshape(*x.shape[:-1], I)
+    return h, y
