@@ -4,7 +4,10 @@ outputs, on all its inputs), so the count is the CUDA step's, the wrappers' own 
 stand-ins, the matmuls, the gather and the argmax launch kernels there; the rest (views: reshape, transpose,
 split, ...) cost the host per node and launch nothing.
 
-Usage: python bench/decode_graph.py [--model demo-0.8b]
+Also (--calls N) the host's time to build the step: the compiled function's call, which replays the graph node by
+node (median over N calls from the same cache state), on this CPU.
+
+Usage: python bench/decode_graph.py [--model demo-0.8b] [--calls 200]
 """
 
 from __future__ import annotations
@@ -12,7 +15,9 @@ from __future__ import annotations
 import argparse
 import collections
 import re
+import statistics
 import tempfile
+import time
 from pathlib import Path
 
 import mlx.core as mx
@@ -49,6 +54,7 @@ def take_the_cuda_path() -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="demo-0.8b")
+    parser.add_argument("--calls", type=int, default=200, help="calls timed for the build time (0: none)")
     args = parser.parse_args()
     model = load_model(ensure_demo(args.model), DEMO_DTYPES.get(args.model, mx.bfloat16))
     cache = model.make_cache()
@@ -56,7 +62,17 @@ def main() -> None:
     mx.eval(token, cache_arrays(cache))
     take_the_cuda_path()
     step = CompiledDecode(model)
-    mx.eval(step(token, cache), cache_arrays(cache))  # the first step traces
+    state = [(c, dict(c.__dict__)) for c in cache]  # each timed call starts from the same cache (arrays, offset)
+    mx.eval(step(token, cache))  # the first step traces
+    seconds = []
+    for _ in range(args.calls):
+        for c, saved in state:
+            c.__dict__.update(saved)
+        t0 = time.perf_counter()
+        step(token, cache)
+        seconds.append(time.perf_counter() - t0)
+    for c, saved in state:
+        c.__dict__.update(saved)
     y = mx.argmax(step(token, cache), axis=-1)  # the token, as generate_step's greedy sampler takes it
     with tempfile.TemporaryDirectory() as tmp:
         dot = Path(tmp) / "step.dot"
@@ -64,7 +80,9 @@ def main() -> None:
         labels = re.findall(r'\[label ="([^"]*)"', dot.read_text())
     counts = collections.Counter("custom kernel (stand-in)" if x == "Depends" else x for x in labels
                                  if x not in ("Full", "Broadcast"))  # (the stand-ins' zeros)
-    print(f"{args.model}: {sum(counts.values())} nodes in one compiled decode step (greedy token)")
+    print(f"{args.model}: {sum(counts.values())} nodes in one compiled decode step (greedy token)"
+          + (f"; the host builds it in {statistics.median(seconds) * 1e6:.0f} us (median of {args.calls} calls)"
+             if seconds else ""))
     print("| primitive | nodes |\n|---|---:|")
     for name, n in counts.most_common():
         print(f"| {name} | {n} |")
