@@ -105,7 +105,7 @@ def _sigmoid_gate(x: mx.array, gate: mx.array) -> mx.array:
 class Linear(nn.Linear):
     """nn.Linear that multiplies a single position of a single sequence [1, 1, in] by a [1, in, out] transposed
     view of its weight, evaluated once by `hold_decode_view`: one graph node where `x @ w.T` is four (transpose,
-    flatten, matmul, unflatten). A decode token is bound by the host's cost per node (~145 fewer a token at
+    flatten, matmul, unflatten). A decode token is bound by the host's cost per node (150 fewer a token at
     0.8B); the product is the same."""
 
     def hold_decode_view(self) -> None:
