@@ -139,8 +139,7 @@ def decode_attention(q: mx.array, k: mx.array, v: mx.array, k_cache: mx.array, v
     B, Hq, _, D = q.shape
     Hkv, L = k_cache.shape[1], k_cache.shape[2]
     if (k.shape != (B, Hkv, 1, D) or v.shape not in (k.shape, (B, 1, Hkv * D)) or k.dtype != q.dtype
-            or v.dtype != q.dtype
-            or qg.shape != (B, 1, Hq * 2 * D) or qg.dtype != q.dtype):
+            or v.dtype != q.dtype or qg.shape != (B, 1, Hq * 2 * D) or qg.dtype != q.dtype):
         return None
     S = -(-L // DECODE_KEYS)
     po, pm, pl, k_cache, v_cache = _decode_kernel("attention_decode")(
