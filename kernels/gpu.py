@@ -144,6 +144,7 @@ def _state_bytes(C: int, Dk: int, ws: int, kr: int, pad: int, nbuf: int, key_byt
     return 4 * (Dk * (STATE_TILE + pad) + C * rp) + 4 * nbuf * _slot_floats(C, Dk, ws, kr, key_bytes)
 
 
+@functools.cache  # a search over ~80 plans (~75 us on a CPU): run once per shape, not twice a GDN layer call
 def state_staging(backend: str, C: int, Dk: int, Dv: int, key_bytes: int = 2) -> tuple[int, int, int, int]:
     """(W columns, key rows, S row padding, ring slots) of the state pass within the backend's threadgroup
     memory. The ring hides global-memory latency by running NBUF - 1 rounds ahead and each round costs a
