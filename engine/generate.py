@@ -32,6 +32,12 @@ PREFILL_STEP_BY_BACKEND = {"cuda": 4096}
 # Below this many tokens a prefill step takes the serial GDN path even with --gdn-chunked: on a 2-core CPU
 # the chunked core wins from ~8 tokens (C=32) / ~16 (C=64) at the 0.8B head shape (docs/BENCHMARKS.md).
 DEFAULT_MIN_CHUNKED_TOKENS = 16
+# A prefill step of at least SUBMIT_MIN_TOKENS goes to the device every DEFAULT_SUBMIT_EVERY layers
+# (mx.async_eval), so the device starts on the first layers while Python builds the rest (~800 graph nodes a
+# step). H200, chunked, ms a prompt with a step whole / every 2 layers: 512 tokens 10.8 / 11.9 (host-bound: each
+# submission costs the host), 2048 18.6 / 13.1, 8192 54.6 / 47.5 (docs/BENCHMARKS.md).
+DEFAULT_SUBMIT_EVERY = 2
+SUBMIT_MIN_TOKENS = 1024
 SCORE_SLICE = 256  # positions per slice of full-vocab logits when scoring a prompt
 # Called after every prefill step but the last with (tokens processed, prompt length); it may raise
 # (e.g. engine.errors.Cancelled) to stop the request between steps.
@@ -52,6 +58,8 @@ class PrefillOptions:
     chunk_size: int = 64
     step_size: int | None = None  # None: the backend's (`default_prefill_step`)
     min_chunked_tokens: int = DEFAULT_MIN_CHUNKED_TOKENS
+    submit_every: int = DEFAULT_SUBMIT_EVERY  # layers; 0: a step is submitted whole
+    submit_min_tokens: int = SUBMIT_MIN_TOKENS
 
     def __post_init__(self) -> None:
         if self.step_size is None:
@@ -60,6 +68,10 @@ class PrefillOptions:
     def method_for(self, n_tokens: int) -> str:
         """The GDN path one prefill step of `n_tokens` takes."""
         return "chunked" if self.method == "chunked" and n_tokens >= self.min_chunked_tokens else "serial"
+
+    def submit_for(self, n_tokens: int) -> int:
+        """Layers between submissions of one prefill step of `n_tokens` (0: the step is submitted whole)."""
+        return self.submit_every if n_tokens >= self.submit_min_tokens else 0
 
     def path_for_prompt(self, n_tokens: int) -> str:
         """The path a whole prompt records: chunked if its longest step (the first) was chunked."""
@@ -105,7 +117,7 @@ def prefill(
     in_flight: tuple[list[mx.array], int] | None = None  # the step the device is running, and tokens done after it
     while tokens.shape[1] > step:
         set_gdn_path(cache, options.method_for(step), options.chunk_size)
-        model.hidden(tokens[:, :step], cache)
+        model.hidden(tokens[:, :step], cache, options.submit_for(step))
         # Materialise the carried state so the graph does not grow, without waiting: Python builds the next step
         # while the device runs this one. MLX's buffer cache is kept for the next step (freeing it each step cost
         # ~13 ms a step at 2048 tokens on an H200: 107 -> 94 ms for 8192 tokens).
@@ -115,7 +127,7 @@ def prefill(
         _finish_step(in_flight, total, on_step)
         in_flight = (arrays, total - tokens.shape[1])
     set_gdn_path(cache, options.method_for(tokens.shape[1]), options.chunk_size)
-    h = model.hidden(tokens, cache)
+    h = model.hidden(tokens, cache, options.submit_for(tokens.shape[1]))
     _finish_step(in_flight, total, on_step)
     return model.head(h[:, -1, :])
 
@@ -347,8 +359,9 @@ def score_prompt(
     ids = mx.array([prompt])
     hidden = []
     for s in range(0, len(prompt), step):
-        set_gdn_path(cache, options.method_for(min(step, len(prompt) - s)), options.chunk_size)
-        hidden.append(model.hidden(ids[:, s : s + step], cache)[0])
+        n = min(step, len(prompt) - s)
+        set_gdn_path(cache, options.method_for(n), options.chunk_size)
+        hidden.append(model.hidden(ids[:, s : s + n], cache, options.submit_for(n))[0])
         mx.eval(hidden[-1], cache_arrays(cache))
         if on_step and s + step < len(prompt):
             on_step(s + step, len(prompt))

@@ -384,10 +384,14 @@ class TextModel(nn.Module):
         self.layers = [DecoderLayer(args, t) for t in args.layer_types]
         self.norm = nn.RMSNorm(args.hidden_size, eps=args.rms_norm_eps)
 
-    def __call__(self, inputs: mx.array, cache: list) -> mx.array:
+    def __call__(self, inputs: mx.array, cache: list, submit_every: int = 0) -> mx.array:
+        """`submit_every` > 0: hand the graph built so far to the device every that many layers (`async_eval`),
+        so a long prefill step runs on a GPU while Python builds its later layers (never inside mx.compile)."""
         h, pending = self.embed_tokens(inputs), None
-        for layer, c in zip(self.layers, cache, strict=True):
+        for i, (layer, c) in enumerate(zip(self.layers, cache, strict=True), 1):
             h, pending = layer.residual_step(h, pending, c)
+            if submit_every and i % submit_every == 0 and i < len(self.layers):
+                mx.async_eval(h, pending)
         if pending is None:  # no layers
             return self.norm(h)
         return add_rms_norm(h, pending, self.norm.weight, self.norm.eps)[1]
@@ -404,9 +408,9 @@ class Model(nn.Module):
         if not args.tie_word_embeddings:
             self.lm_head = Linear(args.hidden_size, args.vocab_size, bias=False)
 
-    def hidden(self, inputs: mx.array, cache: list | None = None) -> mx.array:
-        """Final-norm hidden states [B, T, hidden] for token ids [B, T]."""
-        return self.model(inputs, cache if cache is not None else self.make_cache())
+    def hidden(self, inputs: mx.array, cache: list | None = None, submit_every: int = 0) -> mx.array:
+        """Final-norm hidden states [B, T, hidden] for token ids [B, T] (`submit_every`: see TextModel)."""
+        return self.model(inputs, cache if cache is not None else self.make_cache(), submit_every)
 
     def head(self, h: mx.array) -> mx.array:
         if self.args.tie_word_embeddings:

@@ -17,6 +17,7 @@
 #                                        # DELTASERVE_NORM, DELTASERVE_ATTENTION, DELTASERVE_GEMV switch our kernels
 #   bash tools/device-checks.sh ab-decode # a decode token's time (bench/decode_loop.py --short) in a base tree
 #                                        # (exp/base, as for `ab`) against this tree's, alternating, 512 / 8192 context
+#   bash tools/device-checks.sh submit   # prefill by layers between submissions of a step (bench/prefill_submit.py)
 #   bash tools/device-checks.sh ttft-gil # server TTFT with CPython's GIL switch interval lowered (5 / 1 / 0.2 ms)
 #   bash tools/device-checks.sh state-ncu # the state pass at 16384 tokens under Nsight Compute's full set: stall
 #                                        # reasons, shared-memory wavefronts and the source lines they come from
@@ -127,6 +128,9 @@ case "${1:?part: e2e, gates, kernels or tiles}" in
         env "$var=$mode" timeout 140 python3 bench/decode_loop.py --tokens 64 2>&1 | grep "|\|host"
       done
     done 2>&1 | tee "$out/ab-env-$var.txt"
+    ;;
+  submit)
+    timeout 300 python3 bench/prefill_submit.py --every 0,2,4 2>&1 | grep -v -i warn | tee "$out/submit.txt"
     ;;
   ab-decode)
     # this tree's script on each tree's engine (bench/ comes first on sys.path, the tree's packages from PYTHONPATH)

@@ -62,6 +62,32 @@ def test_prefill_steps_smaller_than_prompt_match_one_step(checkpoint, path):
     assert_close("logits", np.array(b), np.array(a), atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("every", [1, 2])
+@pytest.mark.parametrize("path", list(PATHS))
+def test_a_step_submitted_in_parts_is_the_whole_step(checkpoint, path, every, monkeypatch):
+    """A prefill step handed to the device every few layers (engine.generate.SUBMIT_MIN_TOKENS) computes the
+    same arrays, bit for bit, as the step submitted whole; and it is submitted: once per `every` layers but the
+    last, in every step."""
+    _, model, ids, expected = checkpoint
+    base = PATHS[path]
+    whole, parts = model.make_cache(), model.make_cache()
+    a = prefill(model, mx.array([ids]), whole, PrefillOptions(base.method, base.chunk_size, 48, submit_every=0))
+    submitted = []
+    real_async_eval = mx.async_eval
+    monkeypatch.setattr(mx, "async_eval", lambda *xs: (submitted.append(len(xs)), real_async_eval(*xs)))
+    options = PrefillOptions(base.method, base.chunk_size, 48, submit_every=every, submit_min_tokens=32)
+    b = prefill(model, mx.array([ids]), parts, options)  # steps of 48 + 32 tokens
+    layers = len(model.layers)
+    assert submitted.count(2) == 2 * ((layers - 1) // every)  # (h, pending) within each step; cache per step: 1
+    assert np.array_equal(np.array(b), np.array(a))
+    assert_close_to_scale("last logits", np.array(b[0]), expected[-1], rel=REL)
+    for x, y in zip(cache_arrays(whole), cache_arrays(parts), strict=True):
+        assert np.array_equal(np.array(x), np.array(y))
+    submitted.clear()
+    prefill(model, mx.array([ids[:31]]), model.make_cache(), options)  # below submit_min_tokens: whole
+    assert submitted.count(2) == 0
+
+
 @pytest.mark.parametrize("path", list(PATHS))
 def test_attention_in_query_blocks_matches_transformers(checkpoint, path, monkeypatch):
     """Long steps run attention in query blocks (each against the keys up to its last query), within one step
