@@ -4,10 +4,13 @@ outputs, on all its inputs), so the count is the CUDA step's, the wrappers' own 
 stand-ins, the matmuls, the gather and the argmax launch kernels there; the rest (views: reshape, transpose,
 split, ...) cost the host per node and launch nothing.
 
+With --prefill T: the graph of a T-token chunked prefill instead (one step of the backend's size, submitted
+whole), and the host's time to build it.
+
 Also (--calls N) the host's time to build the step: the compiled function's call, which replays the graph node by
 node (median over N calls from the same cache state), on this CPU.
 
-Usage: python bench/decode_graph.py [--model demo-0.8b] [--calls 200]
+Usage: python bench/decode_graph.py [--model demo-0.8b] [--calls 200] [--prefill T]
 """
 
 from __future__ import annotations
@@ -55,8 +58,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="demo-0.8b")
     parser.add_argument("--calls", type=int, default=200, help="calls timed for the build time (0: none)")
+    parser.add_argument("--prefill", type=int, default=0, metavar="T", help="count a T-token prefill instead")
     args = parser.parse_args()
     model = load_model(ensure_demo(args.model), DEMO_DTYPES.get(args.model, mx.bfloat16))
+    if args.prefill:
+        return count_prefill(model, args)
     cache = model.make_cache()
     token = mx.argmax(prefill(model, mx.array([[1] * 8]), cache, PrefillOptions("chunked", 64)), axis=-1)
     mx.eval(token, cache_arrays(cache))
@@ -74,15 +80,35 @@ def main() -> None:
     for c, saved in state:
         c.__dict__.update(saved)
     y = mx.argmax(step(token, cache), axis=-1)  # the token, as generate_step's greedy sampler takes it
+    print_counts(f"{args.model}: {{}} nodes in one compiled decode step (greedy token)", [y, *cache_arrays(cache)],
+                 seconds, "us", 1e6)
+
+
+def count_prefill(model, args) -> None:
+    take_the_cuda_path()
+    ids = mx.array([[1] * args.prefill])
+    options = PrefillOptions("chunked", 64, submit_every=0)  # submitted whole: the graph is one piece
+    seconds, out = [], []
+    for i in range(max(args.calls, 1) + 1):
+        cache = model.make_cache()
+        t0 = time.perf_counter()
+        out = [prefill(model, ids, cache, options), *cache_arrays(cache)]
+        if i:  # the first builds the kernels' and compiled functions' caches
+            seconds.append(time.perf_counter() - t0)
+    print_counts(f"{args.model}: {{}} nodes in a {args.prefill}-token chunked prefill (steps of {options.step_size})",
+                 out, seconds if args.calls else [], "ms", 1e3)
+
+
+def print_counts(title: str, outputs: list[mx.array], seconds: list[float], unit: str, scale: float) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        dot = Path(tmp) / "step.dot"
-        mx.export_to_dot(str(dot), y, *cache_arrays(cache))
+        dot = Path(tmp) / "graph.dot"
+        mx.export_to_dot(str(dot), *outputs)
         labels = re.findall(r'\[label ="([^"]*)"', dot.read_text())
     counts = collections.Counter("custom kernel (stand-in)" if x == "Depends" else x for x in labels
                                  if x not in ("Full", "Broadcast"))  # (the stand-ins' zeros)
-    print(f"{args.model}: {sum(counts.values())} nodes in one compiled decode step (greedy token)"
-          + (f"; the host builds it in {statistics.median(seconds) * 1e6:.0f} us (median of {args.calls} calls)"
-             if seconds else ""))
+    print(title.format(sum(counts.values()))
+          + (f"; the host builds it in {statistics.median(seconds) * scale:.{0 if unit == 'us' else 2}f} {unit} "
+             f"(median of {len(seconds)} calls)" if seconds else ""))
     print("| primitive | nodes |\n|---|---:|")
     for name, n in counts.most_common():
         print(f"| {name} | {n} |")

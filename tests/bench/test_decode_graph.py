@@ -29,3 +29,17 @@ def test_decode_graph_counts_the_cuda_step():
     # the per-layer split of the fused projections and the shared position's reshape
     for view, most in (("Transpose", 1), ("Flatten", 1), ("Unflatten", 1), ("Reshape", 2)):
         assert rows.get(view, 0) <= most, (view, r.stdout)
+
+
+def test_prefill_graph_counts_the_cuda_prefill():
+    args = ["--model", "demo", "--prefill", "64", "--calls", "2"]
+    r = subprocess.run([sys.executable, "bench/decode_graph.py", *args], cwd=REPO, capture_output=True, text=True,
+                       timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = {name.strip(): int(n) for name, n in re.findall(r"^\| ([^|]+) \| (\d+) \|$", r.stdout, re.M)}
+    total = re.search(r"(\d+) nodes in a 64-token chunked prefill", r.stdout)
+    assert total and int(total.group(1)) == sum(rows.values()), r.stdout
+    # 3 GDN layers: prologue, the three chunked-core kernels, the gated norm; 1 attention layer: q / k norm +
+    # RoPE (its core at 64 tokens: MLX's ops); residual add + norm: 3 layer inputs after the first, 4 post-mixer,
+    # 1 final
+    assert rows["custom kernel (stand-in)"] == 3 * (1 + 3 + 1) + 1 + (3 + 4 + 1), r.stdout
