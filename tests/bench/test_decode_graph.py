@@ -40,6 +40,6 @@ def test_prefill_graph_counts_the_cuda_prefill():
     total = re.search(r"(\d+) nodes in a 64-token chunked prefill", r.stdout)
     assert total and int(total.group(1)) == sum(rows.values()), r.stdout
     # 3 GDN layers: prologue, the three chunked-core kernels, the gated norm; 1 attention layer: q / k norm +
-    # RoPE (its core at 64 tokens: MLX's ops); residual add + norm: 3 layer inputs after the first, 4 post-mixer,
+    # RoPE (its core: MLX's ops, the demo is fp32); residual add + norm: 3 layer inputs after the first, 4 post-mixer,
     # 1 final
     assert rows["custom kernel (stand-in)"] == 3 * (1 + 3 + 1) + 1 + (3 + 4 + 1), r.stdout
