@@ -10,6 +10,9 @@ after the first token for a prompt of `--decode-context` tokens (mlx-lm's genera
 over `--runs` generations), each system in its own generation loop (ours: `engine.generate.generate_step`, the
 server's; mlx-lm: `mlx_lm.generate.generate_step`; transformers: a greedy loop over its cache, no host sync per
 token). Peak GPU memory: MLX's / PyTorch's peak allocation counters over each system's measurements.
+`--alternate`: also the --gdn-chunked / transformers prefill ratio from runs alternating between the two, both
+loaded (the table's systems run one after the other, so a drift of a lent machine's host between them moves the
+table's ratios).
 
 Usage: python bench/e2e_gpu.py [--model demo-0.8b] [--contexts 512,2048,8192] [--systems ours,transformers,mlx-lm]
 """
@@ -94,6 +97,33 @@ def fresh_mlx_memory() -> str:
     return f"; {held:.2f} GB already held by MLX before loading" if held > 0.05 else ""
 
 
+def our_prefill(model, opts: PrefillOptions, T: int) -> Callable[[], mx.array]:
+    """One timed prefill of the T-token prompt from an empty cache: last-position logits, state materialised."""
+    ids = mx.array([prompt(T)])
+
+    def once() -> mx.array:
+        cache = model.make_cache()
+        logits = prefill(model, ids, cache, opts)
+        mx.eval(logits, cache_arrays(cache))
+        return logits
+
+    return once
+
+
+def hf_prefill(model, T: int, device: str, sync: Callable[[], None]) -> Callable[[], object]:
+    """transformers' timed prefill of the same prompt: its cache filled, logits of the last position only."""
+    import torch
+
+    ids = torch.tensor([prompt(T)], device=device)
+
+    def once():
+        logits = model(input_ids=ids, use_cache=True, logits_to_keep=1).logits
+        sync()
+        return logits
+
+    return once
+
+
 def run_ours(path: Path, dtype: mx.Dtype, args, method: str) -> Result:
     held = fresh_mlx_memory()
     model = load_model(path, dtype)
@@ -101,15 +131,7 @@ def run_ours(path: Path, dtype: mx.Dtype, args, method: str) -> Result:
     res = Result(f"deltaserve {'--gdn-chunked' if method == 'chunked' else 'serial'}", note=held.lstrip("; "))
     mx.reset_peak_memory()
     for T in args.contexts:
-        ids = mx.array([prompt(T)])
-
-        def once():
-            cache = model.make_cache()
-            logits = prefill(model, ids, cache, opts)  # noqa: B023 - measured in this iteration
-            mx.eval(logits, cache_arrays(cache))
-            return logits
-
-        seconds, logits = median_time(once, args.runs, args.warmup)
+        seconds, logits = median_time(our_prefill(model, opts, T), args.runs, args.warmup)
         res.prefill_tps[T] = T / seconds
         res.logprobs[T] = log_softmax(np.array(logits.astype(mx.float32))[0])
         mx.clear_cache()
@@ -158,7 +180,9 @@ def run_mlx_lm(path: Path, args) -> Result | None:
     return res
 
 
-def run_transformers(path: Path, dtype: mx.Dtype, args) -> Result | None:
+def load_hf(path: Path, dtype: mx.Dtype):
+    """transformers' model of the checkpoint on the GPU if PyTorch has one: (model, device, sync, note), or None
+    where transformers is not installed."""
     try:
         import torch
         import transformers
@@ -174,20 +198,23 @@ def run_transformers(path: Path, dtype: mx.Dtype, args) -> Result | None:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     tdtype = {mx.bfloat16: torch.bfloat16, mx.float16: torch.float16}.get(dtype, torch.float32)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=tdtype).to(device).eval()
-    res = Result("transformers", note=note)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    return model, device, sync, note
+
+
+def run_transformers(path: Path, dtype: mx.Dtype, args) -> Result | None:
+    loaded = load_hf(path, dtype)
+    if loaded is None:
+        return None
+    import torch
+
+    model, device, sync, note = loaded
+    res = Result("transformers", note=note)
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     with torch.inference_mode():
         for T in args.contexts:
-            ids = torch.tensor([prompt(T)], device=device)
-
-            def once():
-                logits = model(input_ids=ids, use_cache=True, logits_to_keep=1).logits  # noqa: B023
-                sync()
-                return logits
-
-            seconds, logits = median_time(once, args.runs, args.warmup)
+            seconds, logits = median_time(hf_prefill(model, T, device, sync), args.runs, args.warmup)
             res.prefill_tps[T] = T / seconds
             res.logprobs[T] = log_softmax(logits[0, -1].float().cpu().numpy())
 
@@ -200,6 +227,38 @@ def run_transformers(path: Path, dtype: mx.Dtype, args) -> Result | None:
     if device == "cuda":
         res.peak_gb = torch.cuda.max_memory_allocated() / 1e9
     return res
+
+
+def alternating_ratios(path: Path, dtype: mx.Dtype, args) -> list[str]:
+    """--gdn-chunked / transformers prefill from runs that alternate between the two (both models loaded, the
+    order swapped every round), so a drift of the host or the card falls on both sides alike: one line a length
+    (medians of `--runs` each)."""
+    loaded = load_hf(path, dtype)
+    if loaded is None:
+        return []
+    import torch
+
+    hf, device, sync, _ = loaded
+    ours = load_model(path, dtype)
+    opts = PrefillOptions("chunked", args.chunk_size, args.step_size)
+    lines = []
+    with torch.inference_mode():
+        for T in args.contexts:
+            fns = {"ours": our_prefill(ours, opts, T), "transformers": hf_prefill(hf, T, device, sync)}
+            times: dict[str, list[float]] = {name: [] for name in fns}
+            for r in range(args.warmup + args.runs):
+                for name in (list(fns) if r % 2 else list(fns)[::-1]):
+                    t0 = time.perf_counter()
+                    fns[name]()
+                    if r >= args.warmup:
+                        times[name].append(time.perf_counter() - t0)
+            m = {name: statistics.median(v) * 1e3 for name, v in times.items()}
+            lines.append(f"alternating runs @{T}: --gdn-chunked {m['ours']:.2f} ms, transformers "
+                         f"{m['transformers']:.2f} ms: {m['transformers'] / m['ours']:.2f}x")
+    del hf, ours
+    gc.collect()
+    mx.clear_cache()
+    return lines
 
 
 def hf_greedy(model, ids, n: int, sync: Callable[[], None]):
@@ -384,6 +443,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--server-ttft", type=int, default=0, metavar="T",
                         help="also time the first token of a T-token prompt through `deltaserve serve --gdn-chunked`")
     parser.add_argument("--server-max-tokens", type=int, default=2, help="max_tokens of the TTFT requests")
+    parser.add_argument("--alternate", action="store_true",
+                        help="also time --gdn-chunked and transformers prefill in alternating runs (ratios only)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     return parser
 
@@ -413,6 +474,9 @@ def main() -> None:
     print(table(results, args.contexts, args.decode_context))
     for line in [*ratios(results, args.contexts), *(f"{r.system}: {r.note}" for r in results if r.note)]:
         print(line)
+    if args.alternate:
+        for line in alternating_ratios(path, dtype, args):
+            print(line)
     ours = next((r for r in results if r.system == "deltaserve --gdn-chunked"), None)
     if ours and ours.decode_tps:
         print(f"decode reads {weight_bytes(path) / 1e9:.2f} GB of weights per token: at {ours.decode_tps:.1f} tok/s "

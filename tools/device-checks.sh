@@ -31,7 +31,7 @@ case "${1:?part: e2e, gates, kernels or tiles}" in
   e2e)
     timeout 260 python3 bench/e2e_profile.py --contexts 2048,8192 --runs 3 2>&1 | tee "$out/e2e-profile.txt"
     timeout 320 python3 bench/e2e_gpu.py --runs 3 --decode-tokens 64 --decode-runs 7 --server-ttft 2048 \
-      --json "$out/e2e.json" 2>&1 \
+      --alternate --json "$out/e2e.json" 2>&1 \
       | grep -v -i "warn\|deprecat\|forward_call\|falling back" | tee "$out/e2e-table.txt"
     ;;
   gates)

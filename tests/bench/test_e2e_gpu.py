@@ -16,7 +16,7 @@ def test_e2e_bench_prints_the_table_and_every_system_agrees_with_ours():
     r = subprocess.run(
         [sys.executable, "bench/e2e_gpu.py", "--model", "demo", "--contexts", "40,100", "--runs", "1",
          "--decode-context", "24", "--decode-tokens", "5", "--systems", "ours,transformers,mlx-lm",
-         "--server-ttft", "100"],
+         "--server-ttft", "100", "--alternate"],
         cwd=REPO, capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     assert r.returncode == 0, r.stderr[-3000:]
@@ -36,3 +36,8 @@ def test_e2e_bench_prints_the_table_and_every_system_agrees_with_ours():
     assert float(ttft.group(1)) >= float(ttft.group(2)) > 0
     kept = re.search(r"over a kept-alive connection: time to first token ([\d.]+) ms", r.stdout)
     assert kept and float(kept.group(1)) > 0, r.stdout
+    alternating = re.findall(r"^alternating runs @(\d+): --gdn-chunked ([\d.]+) ms, transformers ([\d.]+) ms: "
+                             r"([\d.]+)x$", r.stdout, flags=re.M)
+    assert [int(a[0]) for a in alternating] == [40, 100], r.stdout
+    for _, ours, theirs, ratio in alternating:
+        assert abs(float(theirs) / float(ours) - float(ratio)) < 0.01 + 0.01 * float(ratio), alternating
