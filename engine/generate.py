@@ -32,10 +32,11 @@ PREFILL_STEP_BY_BACKEND = {"cuda": 4096}
 # Below this many tokens a prefill step takes the serial GDN path even with --gdn-chunked: on a 2-core CPU
 # the chunked core wins from ~8 tokens (C=32) / ~16 (C=64) at the 0.8B head shape (docs/BENCHMARKS.md).
 DEFAULT_MIN_CHUNKED_TOKENS = 16
-# A prefill step of at least SUBMIT_MIN_TOKENS goes to the device every DEFAULT_SUBMIT_EVERY layers
+# On a GPU a prefill step of at least SUBMIT_MIN_TOKENS goes to the device every DEFAULT_SUBMIT_EVERY layers
 # (mx.async_eval), so the device starts on the first layers while Python builds the rest (~800 graph nodes a
 # step). H200, chunked, ms a prompt with a step whole / every 2 layers: 512 tokens 10.8 / 11.9 (host-bound: each
-# submission costs the host), 2048 18.6 / 13.1, 8192 54.6 / 47.5 (docs/BENCHMARKS.md).
+# submission costs the host), 2048 18.6 / 13.1, 8192 54.6 / 47.5 (docs/BENCHMARKS.md). On the CPU nothing of a
+# prefill is submitted early (see `prefill`).
 DEFAULT_SUBMIT_EVERY = 2
 SUBMIT_MIN_TOKENS = 1024
 SCORE_SLICE = 256  # positions per slice of full-vocab logits when scoring a prompt
@@ -58,12 +59,14 @@ class PrefillOptions:
     chunk_size: int = 64
     step_size: int | None = None  # None: the backend's (`default_prefill_step`)
     min_chunked_tokens: int = DEFAULT_MIN_CHUNKED_TOKENS
-    submit_every: int = DEFAULT_SUBMIT_EVERY  # layers; 0: a step is submitted whole
+    submit_every: int | None = None  # layers; 0: a step is submitted whole; None: the backend's
     submit_min_tokens: int = SUBMIT_MIN_TOKENS
 
     def __post_init__(self) -> None:
         if self.step_size is None:
             self.step_size = default_prefill_step()
+        if self.submit_every is None:
+            self.submit_every = 0 if backend_name() == "cpu" else DEFAULT_SUBMIT_EVERY
 
     def method_for(self, n_tokens: int) -> str:
         """The GDN path one prefill step of `n_tokens` takes."""
@@ -114,15 +117,19 @@ def prefill(
     runs once a step's work has finished on the device."""
     options = options or PrefillOptions()
     step, total = options.step_size, tokens.shape[1]
+    overlap = backend_name() != "cpu"
     in_flight: tuple[list[mx.array], int] | None = None  # the step the device is running, and tokens done after it
     while tokens.shape[1] > step:
         set_gdn_path(cache, options.method_for(step), options.chunk_size)
         model.hidden(tokens[:, :step], cache, options.submit_for(step))
-        # Materialise the carried state so the graph does not grow, without waiting: Python builds the next step
-        # while the device runs this one. MLX's buffer cache is kept for the next step (freeing it each step cost
-        # ~13 ms a step at 2048 tokens on an H200: 107 -> 94 ms for 8192 tokens).
+        # Materialise the carried state so the graph does not grow; on a GPU without waiting: Python builds the next
+        # step while the device runs this one. On the CPU the step is waited for: the overlap buys ~1% there (0.8B
+        # fp32, 512 tokens in 4 steps on 2 cores: 6.09 s vs 6.14 s) and a multi-step CPU prefill queued this way
+        # crashed inside MLX, rarely (a SIGSEGV in async_eval in two fresh-clone runs of the test suite; not
+        # reproduced in 65 reruns of that test or a 3-minute stress loop). MLX's buffer cache is kept for the next
+        # step (freeing it each step cost ~13 ms a step at 2048 tokens on an H200).
         arrays = cache_arrays(cache)
-        mx.async_eval(arrays)
+        (mx.async_eval if overlap else mx.eval)(arrays)
         tokens = tokens[:, step:]
         _finish_step(in_flight, total, on_step)
         in_flight = (arrays, total - tokens.shape[1])

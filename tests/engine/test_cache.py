@@ -88,6 +88,16 @@ def test_a_step_submitted_in_parts_is_the_whole_step(checkpoint, path, every, mo
     assert submitted.count(2) == 0
 
 
+def test_a_cpu_prefill_waits_for_each_step(checkpoint, monkeypatch):
+    """On the CPU no part of a prefill is queued without waiting (engine.generate.prefill says why): steps are
+    evaluated one at a time and none is split into submissions."""
+    _, model, ids, expected = checkpoint
+    assert PrefillOptions().submit_every == 0
+    monkeypatch.setattr(mx, "async_eval", lambda *xs: pytest.fail("async_eval in a CPU prefill"))
+    last = prefill(model, mx.array([ids]), model.make_cache(), PrefillOptions(step_size=24))  # 4 steps
+    assert_close_to_scale("last logits", np.array(last[0]), expected[-1], rel=REL)
+
+
 @pytest.mark.parametrize("path", list(PATHS))
 def test_attention_in_query_blocks_matches_transformers(checkpoint, path, monkeypatch):
     """Long steps run attention in query blocks (each against the keys up to its last query), within one step
