@@ -13,11 +13,11 @@ import statistics
 import time
 
 import mlx.core as mx
+from e2e_gpu import our_prefill  # (bench/ is this script's directory: first on sys.path)
 
 from engine.backend import configure_long_running
-from engine.cache import cache_arrays
 from engine.demo import DEMO_DTYPES, ensure_demo
-from engine.generate import PrefillOptions, prefill
+from engine.generate import PrefillOptions
 from engine.loading import load_model
 
 
@@ -33,14 +33,12 @@ def main() -> None:
     model = load_model(ensure_demo(args.model), DEMO_DTYPES.get(args.model, mx.bfloat16))
     contexts = [int(t) for t in args.contexts.split(",")]
     settings = [int(k) for k in args.every.split(",")]
-    ids = mx.random.randint(0, model.args.vocab_size, (1, max(contexts)), key=mx.random.key(0))
 
     def once(T: int, every: int) -> tuple[float, mx.array]:
-        cache = model.make_cache()
         options = PrefillOptions("chunked", args.chunk_size, submit_every=every, submit_min_tokens=0)
+        run = our_prefill(model, options, T)  # e2e_gpu's timed prefill: its prompt, state materialised
         t0 = time.perf_counter()
-        logits = prefill(model, ids[:, :T], cache, options)
-        mx.eval(logits, cache_arrays(cache))
+        logits = run()
         return time.perf_counter() - t0, logits
 
     print(f"{args.model}, chunked prefill, step {PrefillOptions().step_size} tokens; ms a prompt (median / min of "
