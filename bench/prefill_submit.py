@@ -26,6 +26,8 @@ def main() -> None:
     parser.add_argument("--model", default="demo-0.8b")
     parser.add_argument("--contexts", default="512,1024,2048,8192")
     parser.add_argument("--every", default="0,2,4", help="submit_every settings (layers; 0: a step whole)")
+    parser.add_argument("--min-tokens", type=int, default=0,
+                        help="shortest step submitted in parts (the engine's: engine.generate.SUBMIT_MIN_TOKENS)")
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--chunk-size", type=int, default=64)
     args = parser.parse_args()
@@ -35,7 +37,7 @@ def main() -> None:
     settings = [int(k) for k in args.every.split(",")]
 
     def once(T: int, every: int) -> tuple[float, mx.array]:
-        options = PrefillOptions("chunked", args.chunk_size, submit_every=every, submit_min_tokens=0)
+        options = PrefillOptions("chunked", args.chunk_size, submit_every=every, submit_min_tokens=args.min_tokens)
         run = our_prefill(model, options, T)  # e2e_gpu's timed prefill: its prompt, state materialised
         t0 = time.perf_counter()
         logits = run()

@@ -14,7 +14,7 @@ import os
 import mlx.core as mx
 
 from engine.cache import FixedKV, GDNCache, KVCache, cache_arrays
-from engine.model import Model, hold_decode_views
+from engine.model import Model, hold_weight_views
 
 log = logging.getLogger("deltaserve")
 ENV_COMPILE = "DELTASERVE_COMPILE_DECODE"
@@ -31,7 +31,7 @@ class CompiledDecode:
 
     def __init__(self, model: Model):
         self.model = model
-        hold_decode_views(model)  # fewer graph nodes a token (engine.model.Linear)
+        hold_weight_views(model)  # fewer graph nodes a token (engine.model.Linear)
         self._step = mx.compile(self._traced)
         self.broken: str | None = None  # why the compiled step failed on this backend: then op by op for good
         self.proven = False  # a compiled step has run to the end

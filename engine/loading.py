@@ -15,7 +15,7 @@ from mlx.utils import tree_flatten
 
 from engine.config import load_args
 from engine.errors import ModelLoadError
-from engine.model import Model, canonical_key
+from engine.model import Model, canonical_key, hold_weight_views
 
 log = logging.getLogger("deltaserve")
 
@@ -158,4 +158,5 @@ def load_model(model_dir: Path, dtype: mx.Dtype, *, fuse: bool = True) -> Model:
     model.eval()
     if fuse:
         model.fuse_projections()
+    hold_weight_views(model)
     return model

@@ -103,29 +103,30 @@ def _sigmoid_gate(x: mx.array, gate: mx.array) -> mx.array:
 
 
 class Linear(nn.Linear):
-    """nn.Linear that multiplies a single position of a single sequence [1, 1, in] by a [1, in, out] transposed
-    view of its weight, evaluated once by `hold_decode_view`: one graph node where `x @ w.T` is four (transpose,
-    flatten, matmul, unflatten). A decode token is bound by the host's cost per node (150 fewer a token at
-    0.8B); the product is the same."""
+    """nn.Linear that multiplies one sequence [1, T, in] by a [1, in, out] transposed view of its weight, held
+    evaluated (`hold_weight_view`): one graph node where `x @ w.T` is four (transpose, flatten, matmul,
+    unflatten), the same GEMM. The host pays per node: 150 fewer a decode token at 0.8B, ~290 fewer a prefill
+    step (bench/decode_graph.py)."""
 
-    def hold_decode_view(self) -> None:
+    def hold_weight_view(self) -> None:
         view = self.weight.T[None]
         mx.eval(view)  # a view: shares the weight's memory
-        object.__setattr__(self, "_decode_view", (self.weight, view))  # a plain attribute, not a parameter
+        object.__setattr__(self, "_weight_view", (self.weight, view))  # a plain attribute, not a parameter
 
     def __call__(self, x: mx.array) -> mx.array:
-        held = self.__dict__.get("_decode_view")
+        held = self.__dict__.get("_weight_view")
         # (used only while the weight it views is still this layer's: a reload or a fusion leaves it unused)
-        if held is not None and held[0] is self.get("weight") and x.shape[:-1] == (1, 1):
+        if held is not None and held[0] is self.get("weight") and x.ndim == 3 and x.shape[0] == 1:
             return x @ held[1] if "bias" not in self else mx.addmm(self["bias"], x, held[1])
         return super().__call__(x)
 
 
-def hold_decode_views(model: nn.Module) -> None:
-    """Give every `Linear` of the model its decode view (after loading, quantizing and fusing)."""
+def hold_weight_views(model: nn.Module) -> None:
+    """Give every `Linear` of the model its weight view (after loading, quantizing and fusing; again after any
+    later change of weights: a stale view is never used, only not replaced)."""
     for _, m in model.named_modules():
         if isinstance(m, Linear):
-            m.hold_decode_view()
+            m.hold_weight_view()
 
 
 def fuse_linears(layers: list[nn.Module]) -> nn.Module | None:

@@ -18,6 +18,8 @@
 #   bash tools/device-checks.sh ab-decode # a decode token's time (bench/decode_loop.py --short) in a base tree
 #                                        # (exp/base, as for `ab`) against this tree's, alternating, 512 / 8192 context
 #   bash tools/device-checks.sh submit   # prefill by layers between submissions of a step (bench/prefill_submit.py)
+#   bash tools/device-checks.sh ab-prefill # chunked prefill (bench/prefill_submit.py, the shipped submission) in a
+#                                        # base tree (exp/base, as for `ab`) against this tree's, alternating
 #   bash tools/device-checks.sh ttft-gil # server TTFT with CPython's GIL switch interval lowered (5 / 1 / 0.2 ms)
 #   bash tools/device-checks.sh state-ncu # the state pass at 16384 tokens under Nsight Compute's full set: stall
 #                                        # reasons, shared-memory wavefronts and the source lines they come from
@@ -131,6 +133,17 @@ case "${1:?part: e2e, gates, kernels or tiles}" in
     ;;
   submit)
     timeout 300 python3 bench/prefill_submit.py --every 0,2,4 2>&1 | grep -v -i warn | tee "$out/submit.txt"
+    ;;
+  ab-prefill)
+    [ -d exp/base/engine ] || { echo "no base tree at exp/base" >&2; exit 2; }
+    root=$PWD
+    for round in 1 2 3; do
+      for tree in exp/base .; do
+        echo "== round $round: $tree"
+        (cd "$tree" && PYTHONPATH=/tmp/site:$PWD timeout 90 python3 "$root/bench/prefill_submit.py" --every 2 \
+          --min-tokens 1024 --contexts 512,2048,8192 --rounds 7 2>&1 | grep "^|")
+      done
+    done 2>&1 | tee "$out/ab-prefill.txt"
     ;;
   ab-decode)
     # this tree's script on each tree's engine (bench/ comes first on sys.path, the tree's packages from PYTHONPATH)

@@ -43,3 +43,9 @@ def test_prefill_graph_counts_the_cuda_prefill():
     # RoPE (its core: MLX's ops, the demo is fp32); residual add + norm: 3 layer inputs after the first, 4 post-mixer,
     # 1 final
     assert rows["custom kernel (stand-in)"] == 3 * (1 + 3 + 1) + 1 + (3 + 4 + 1), r.stdout
+    # GDN in / out (3 x 2), attention qkv / o (2) and its scores and values (2), MLP gate|up / down (4 x 2), head
+    assert rows["Matmul"] == 3 * 2 + 2 + 2 + 4 * 2 + 1, r.stdout
+    # a loaded model's linear layers multiply by held weight views: only the tied head's x @ embedding.T keeps a
+    # transpose, flatten and unflatten; the attention's head-major layout the other transposes
+    for view, most in (("Transpose", 4), ("Flatten", 1), ("Unflatten", 1)):
+        assert rows.get(view, 0) <= most, (view, r.stdout)

@@ -1,4 +1,4 @@
-"""engine.model.Linear: a decode position's product through the held transposed view of the weight is nn.Linear's
+"""engine.model.Linear: one sequence's product through the held transposed view of the weight is nn.Linear's
 product, as one graph node, and only while the weight it views is the layer's."""
 
 from __future__ import annotations
@@ -29,12 +29,13 @@ def layer_and_reference(dtype: mx.Dtype, bias: bool) -> tuple[Linear, nn.Linear]
     return layer, ref
 
 
+@pytest.mark.parametrize("T", [1, 7, 300], ids=lambda t: f"T{t}")
 @pytest.mark.parametrize("bias", [False, True], ids=["plain", "bias"])
 @pytest.mark.parametrize("dtype", [mx.float32, mx.bfloat16], ids=["fp32", "bf16"])
-def test_a_held_view_gives_nn_linears_product_in_one_node(tmp_path, dtype, bias):
+def test_a_held_view_gives_nn_linears_product_in_one_node(tmp_path, dtype, bias, T):
     layer, ref = layer_and_reference(dtype, bias)
-    layer.hold_decode_view()
-    x = mx.random.normal((1, 1, 48)).astype(dtype)
+    layer.hold_weight_view()
+    x = mx.random.normal((1, T, 48)).astype(dtype)
     mx.eval(x)
     got = layer(x)
     nodes, ref_nodes = graph_nodes(tmp_path, got), graph_nodes(tmp_path, ref(x))
@@ -44,10 +45,10 @@ def test_a_held_view_gives_nn_linears_product_in_one_node(tmp_path, dtype, bias)
     np.testing.assert_array_equal(np.array(got.astype(mx.float32)), np.array(ref(x).astype(mx.float32)))
 
 
-@pytest.mark.parametrize("shape", [(1, 5, 48), (3, 1, 48), (48,)], ids=["prefill", "batch", "vector"])
+@pytest.mark.parametrize("shape", [(2, 5, 48), (3, 1, 48), (5, 48), (48,)], ids=["batch", "batch1", "2d", "vector"])
 def test_other_shapes_take_nn_linears_path(shape):
     layer, ref = layer_and_reference(mx.float32, False)
-    layer.hold_decode_view()
+    layer.hold_weight_view()
     x = mx.random.normal(shape)
     np.testing.assert_array_equal(np.array(layer(x)), np.array(ref(x)))
 
@@ -56,7 +57,7 @@ def test_a_replaced_weight_is_used_not_the_held_view():
     """Loading weights after the view was taken (or fusing layers, which copies a Linear) must not multiply by
     the old weight."""
     layer, _ = layer_and_reference(mx.float32, False)
-    layer.hold_decode_view()
+    layer.hold_weight_view()
     new = mx.random.normal((40, 48))
     layer.update({"weight": new})
     x = mx.random.normal((1, 1, 48))
