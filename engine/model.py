@@ -198,7 +198,7 @@ class RMSNormGated(nn.Module):
         self.eps = eps
 
     def __call__(self, x: mx.array, gate: mx.array) -> mx.array:
-        # rms_norm (fp32 inside, x's dtype out), then the tail: one kernel on GPUs
+        # rms_norm (fp32 inside, x's dtype out), then the tail: one kernel on GPUs; shaped like the gate
         return gated_rms_norm(x, gate, self.weight, self.eps)
 
 
@@ -240,7 +240,6 @@ class GatedDeltaNet(FusedProjections):
                 qkv, cache.conv_state, self.conv1d.weight, a, b, self.A_log, self.dt_bias, cache.state, z,
                 self.norm.weight, num_k_heads=self.num_k_heads, head_k_dim=self.head_k_dim, eps=self.norm.eps)
             return self.out_proj(out)
-        z = z.reshape(B, T, self.num_v_heads, self.head_v_dim)
         q, k, v, cache.conv_state = gated_delta_prologue(  # conv, SiLU, split, q / k norms: one kernel on GPUs
             qkv, cache.conv_state, self.conv1d.weight, num_k_heads=self.num_k_heads, head_k_dim=self.head_k_dim,
             num_v_heads=self.num_v_heads)
@@ -249,7 +248,7 @@ class GatedDeltaNet(FusedProjections):
         if state is None:
             state = mx.zeros((B, self.num_v_heads, self.head_v_dim, self.head_k_dim), dtype=mx.float32)
         out, cache.state = gated_delta(q, k, v, g, beta, state, method=cache.method, chunk_size=cache.chunk_size)
-        return self.out_proj(self.norm(out, z).reshape(B, T, self.value_dim))
+        return self.out_proj(self.norm(out, z))  # z [B, T, value_dim]: the norm's output takes its shape
 
 
 class Attention(FusedProjections):

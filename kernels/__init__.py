@@ -127,7 +127,7 @@ def gated_delta_decode(
                           head_k_dim=head_k_dim, eps=eps, backend=backend)
     out, conv_state, state = gated_delta_decode_ops(qkv, conv_state, conv_w, a, b, a_log, dt_bias, state,
                                                     num_k_heads=num_k_heads, head_k_dim=head_k_dim)
-    return gated_rms_norm(out, z.reshape(out.shape), norm_w, eps).reshape(z.shape), conv_state, state
+    return gated_rms_norm(out, z, norm_w, eps), conv_state, state  # shaped like z
 
 
 def gated_delta_decode_ops(qkv, conv_state, conv_w, a, b, a_log, dt_bias, state, *, num_k_heads: int,

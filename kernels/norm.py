@@ -53,16 +53,18 @@ def gated_tail(normed: mx.array, weight: mx.array, gate: mx.array) -> mx.array:
 
 
 def gated_rms_norm(x: mx.array, gate: mx.array, weight: mx.array, eps: float) -> mx.array:
-    """Qwen3.5's gated norm of the GDN output, `gated_tail(mx.fast.rms_norm(x, None, eps), weight, gate)` for x,
-    gate [B, T, H, D], in one kernel on GPUs."""
+    """Qwen3.5's gated norm of the GDN output, `gated_tail(mx.fast.rms_norm(x, None, eps), weight, gate)` for x
+    [B, T, H, D] and the gate as x or flat [B, T, H * D] (the projection's layout), shaped like the gate; one
+    kernel on GPUs (which reads both flat: no reshape nodes)."""
     backend = _backend()
     D = x.shape[-1]
-    if (backend is None or x.ndim != 4 or gate.shape != x.shape or weight.shape != (D,) or D > 32 * MAX_PER_THREAD
-            or x.size == 0):
-        return gated_tail(mx.fast.rms_norm(x, None, eps), weight, gate)
+    if gate.shape not in (x.shape, (*x.shape[:-2], x.shape[-2] * D)):
+        raise ValueError(f"gate shape {gate.shape} for x {x.shape}")
+    if (backend is None or x.ndim != 4 or weight.shape != (D,) or D > 32 * MAX_PER_THREAD or x.size == 0):
+        return gated_tail(mx.fast.rms_norm(x, None, eps), weight, gate.reshape(x.shape)).reshape(gate.shape)
     rows = x.size // D
     (y,) = _kernel(backend, "gated_rms_norm")(
-        inputs=[x, gate, weight], output_shapes=[x.shape], output_dtypes=[x.dtype],
+        inputs=[x, gate, weight], output_shapes=[gate.shape], output_dtypes=[x.dtype],
         grid=(-(-rows // GATED_ROWS) * 32 * GATED_ROWS, 1, 1), threadgroup=(32 * GATED_ROWS, 1, 1),
         template=[("OutT", x.dtype), ("WT", weight.dtype), ("D", D), ("RPG", GATED_ROWS), ("EPS", float_bits(eps))])
     return y
