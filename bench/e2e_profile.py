@@ -43,7 +43,8 @@ def _no_fused_attention(q, k, v, scale):
 
 
 def _no_prologue(qkv, conv_state, conv_w, *, num_k_heads, head_k_dim, num_v_heads):
-    B, T, CD = qkv.shape
+    B, T, _ = qkv.shape
+    qkv = qkv[..., : conv_w.shape[0]]  # (it may be the layer's whole fused projection: q | k | v first)
     qk = mx.zeros((B, T, num_k_heads, head_k_dim), qkv.dtype)  # the prologue's outputs are in qkv's dtype
     v = qkv[..., 2 * num_k_heads * head_k_dim :].reshape(B, T, num_v_heads, -1)
     return qk, qk, v, qkv[:, -(conv_w.shape[1] - 1) :]

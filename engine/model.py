@@ -145,6 +145,19 @@ def fuse_linears(layers: list[nn.Module]) -> nn.Module | None:
     return fused
 
 
+class Projections(list):
+    """A fused projection's outputs in order (column slices: views), with `whole`, the array they are slices of,
+    for a kernel that reads its columns in place (MLX copies a non-contiguous input before a custom kernel)."""
+
+    whole: mx.array | None = None
+
+    @classmethod
+    def of(cls, y: mx.array, splits: tuple[int, ...]) -> Projections:
+        parts = cls(mx.split(y, splits, axis=-1))
+        parts.whole = y
+        return parts
+
+
 class FusedProjections(nn.Module):
     """A module whose `PROJECTIONS` (names of linear layers) all read one input. `fuse_projections` swaps them for
     one layer, `fused_proj`: one matmul instead of several (decode is bound by kernel launches). `project(x)`
@@ -167,7 +180,7 @@ class FusedProjections(nn.Module):
 
     def project(self, x: mx.array) -> list[mx.array]:
         if "fused_proj" in self:
-            return mx.split(self.fused_proj(x), self._splits, axis=-1)
+            return Projections.of(self.fused_proj(x), self._splits)
         return [self[name](x) for name in self.PROJECTIONS]
 
     def fused_gemv(self, h: mx.array, r: mx.array, norm: nn.RMSNorm, glu: bool = False):
@@ -184,7 +197,7 @@ class FusedProjections(nn.Module):
         fused = self.fused_gemv(h, r, norm)
         if fused is not None:
             x, y = fused
-            return x, mx.split(y, self._splits, axis=-1)
+            return x, Projections.of(y, self._splits)
         x, normed = add_rms_norm(h, r, norm.weight, norm.eps)
         return x, self.project(normed)
 
@@ -197,9 +210,9 @@ class RMSNormGated(nn.Module):
         self.weight = mx.ones((dims,))
         self.eps = eps
 
-    def __call__(self, x: mx.array, gate: mx.array) -> mx.array:
-        # rms_norm (fp32 inside, x's dtype out), then the tail: one kernel on GPUs; shaped like the gate
-        return gated_rms_norm(x, gate, self.weight, self.eps)
+    def __call__(self, x: mx.array, gate: mx.array, gate_offset: int = 0) -> mx.array:
+        # rms_norm (fp32 inside, x's dtype out), then the tail: one kernel on GPUs (gate: see gated_rms_norm)
+        return gated_rms_norm(x, gate, self.weight, self.eps, gate_offset)
 
 
 class GatedDeltaNet(FusedProjections):
@@ -240,15 +253,18 @@ class GatedDeltaNet(FusedProjections):
                 qkv, cache.conv_state, self.conv1d.weight, a, b, self.A_log, self.dt_bias, cache.state, z,
                 self.norm.weight, num_k_heads=self.num_k_heads, head_k_dim=self.head_k_dim, eps=self.norm.eps)
             return self.out_proj(out)
+        # the fused projection, where there is one, goes to the kernels whole: they read their columns in place
+        whole = getattr(projected, "whole", None)
         q, k, v, cache.conv_state = gated_delta_prologue(  # conv, SiLU, split, q / k norms: one kernel on GPUs
-            qkv, cache.conv_state, self.conv1d.weight, num_k_heads=self.num_k_heads, head_k_dim=self.head_k_dim,
-            num_v_heads=self.num_v_heads)
+            qkv if whole is None else whole, cache.conv_state, self.conv1d.weight, num_k_heads=self.num_k_heads,
+            head_k_dim=self.head_k_dim, num_v_heads=self.num_v_heads)
         g, beta = decay_and_beta(a, b, self.A_log, self.dt_bias)
         state = cache.state
         if state is None:
             state = mx.zeros((B, self.num_v_heads, self.head_v_dim, self.head_k_dim), dtype=mx.float32)
         out, cache.state = gated_delta(q, k, v, g, beta, state, method=cache.method, chunk_size=cache.chunk_size)
-        return self.out_proj(self.norm(out, z))  # z [B, T, value_dim]: the norm's output takes its shape
+        gate, offset = (z, 0) if whole is None else (whole, self.conv_dim)  # z: the columns after q | k | v
+        return self.out_proj(self.norm(out, gate, offset))  # [B, T, value_dim]
 
 
 class Attention(FusedProjections):

@@ -75,19 +75,24 @@ def gated_delta_prologue(
     qkv: mx.array, conv_state: mx.array | None, conv_w: mx.array, *, num_k_heads: int, head_k_dim: int,
     num_v_heads: int,
 ) -> tuple[mx.array, mx.array, mx.array, mx.array]:
-    """What a multi-token step's GDN core reads, from the projections qkv [B, T, 2 Hk Dk + Hv Dv]: causal conv +
-    SiLU continuing from conv_state [B, K-1, ·] (None: zeros; conv_w [·, K, 1]), split into q, k [B, T, Hk, Dk]
-    (l2-normed in fp32, q scaled by Dk^-1/2) and v [B, T, Hv, Dv], all in qkv's dtype, and the new conv rows.
-    One kernel on GPUs (the ops take 8-10 launches and a slow grouped conv); kernels/prologue.py elsewhere, the
-    reference it reproduces."""
-    B, T, CD = qkv.shape
+    """What a multi-token step's GDN core reads, from the projections qkv [B, T, CD] (CD = 2 Hk Dk + Hv Dv =
+    conv_w.shape[0]; or wider, the q | k | v columns first: the layer's fused projection, which the GPU kernel
+    reads in place where a column slice would be copied first): causal conv + SiLU continuing from conv_state
+    [B, K-1, CD] (None: zeros; conv_w [CD, K, 1]), split into q, k [B, T, Hk, Dk] (l2-normed in fp32, q scaled
+    by Dk^-1/2) and v [B, T, Hv, Dv], all in qkv's dtype, and the new conv rows. One kernel on GPUs (the ops
+    take 8-10 launches and a slow grouped conv); kernels/prologue.py elsewhere, the reference it reproduces."""
+    B, T, width = qkv.shape
+    CD = conv_w.shape[0]
+    if width < CD:
+        raise ValueError(f"qkv has {width} channels; the conv takes {CD}")
     if conv_state is None:
         conv_state = mx.zeros((B, conv_w.shape[1] - 1, CD), dtype=qkv.dtype)
     backend = _backend()
-    if backend and 0 < B * T * CD < 2**31:  # the kernel indexes with 32-bit ints
+    if backend and 0 < B * T * width < 2**31:  # the kernel indexes with 32-bit ints
         return gpu.prologue(qkv, conv_state, conv_w, num_k_heads=num_k_heads, head_k_dim=head_k_dim,
                             num_v_heads=num_v_heads, backend=backend)
-    return conv_split(qkv, conv_state, conv_w, num_k_heads, num_v_heads, head_k_dim)
+    return conv_split(qkv[..., :CD] if width > CD else qkv, conv_state, conv_w, num_k_heads, num_v_heads,
+                      head_k_dim)
 
 
 def gated_delta_decode(

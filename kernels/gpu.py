@@ -277,8 +277,10 @@ def decode(qkv, conv_state, conv_w, a, b, a_log, dt_bias, state, z, norm_w, *, n
 def prologue(qkv, conv_state, conv_w, *, num_k_heads: int, head_k_dim: int, num_v_heads: int, backend: str,
              verbose: bool = False):
     """A prefill step's conv + SiLU, split and q / k l2-norm in one kernel (see kernels.gated_delta_prologue): one
-    32-thread group per (token, head segment, sequence)."""
-    B, T, CD = qkv.shape
+    32-thread group per (token, head segment, sequence). qkv may be wider than the conv's CD channels (the fused
+    projection): the kernel reads its first CD columns in place."""
+    B, T, QP = qkv.shape
+    CD = conv_w.shape[0]
     Hk, Dk, Hv = num_k_heads, head_k_dim, num_v_heads
     Dv = (CD - 2 * Hk * Dk) // Hv
     CK = conv_w.shape[1]
@@ -289,6 +291,6 @@ def prologue(qkv, conv_state, conv_w, *, num_k_heads: int, head_k_dim: int, num_
         grid=(-(-T // PROLOGUE_GROUPS) * 32 * PROLOGUE_GROUPS, 2 * Hk + Hv, B),
         threadgroup=(32 * PROLOGUE_GROUPS, 1, 1),
         template=[("OutT", qkv.dtype), ("CK", CK), ("DK", Dk), ("DV", Dv), ("HK", Hk), ("HV", Hv),
-                  ("WPG", PROLOGUE_GROUPS)],
+                  ("WPG", PROLOGUE_GROUPS), ("QP", QP)],
         verbose=verbose,
     )

@@ -52,19 +52,27 @@ def gated_tail(normed: mx.array, weight: mx.array, gate: mx.array) -> mx.array:
     return (weight * normed * (g * mx.sigmoid(g))).astype(normed.dtype)
 
 
-def gated_rms_norm(x: mx.array, gate: mx.array, weight: mx.array, eps: float) -> mx.array:
+def gated_rms_norm(x: mx.array, gate: mx.array, weight: mx.array, eps: float, gate_offset: int = 0) -> mx.array:
     """Qwen3.5's gated norm of the GDN output, `gated_tail(mx.fast.rms_norm(x, None, eps), weight, gate)` for x
-    [B, T, H, D] and the gate as x or flat [B, T, H * D] (the projection's layout), shaped like the gate; one
-    kernel on GPUs (which reads both flat: no reshape nodes)."""
+    [B, T, H, D]; the gate either as x, or flat [B, T, W] with its H * D columns from `gate_offset` (W > H * D:
+    the layer's fused projection) and then the output flat [B, T, H * D]. One kernel on GPUs, which reads the
+    gate where it lies (a column slice would be copied for it first)."""
     backend = _backend()
     D = x.shape[-1]
-    if gate.shape not in (x.shape, (*x.shape[:-2], x.shape[-2] * D)):
-        raise ValueError(f"gate shape {gate.shape} for x {x.shape}")
-    if (backend is None or x.ndim != 4 or weight.shape != (D,) or D > 32 * MAX_PER_THREAD or x.size == 0):
-        return gated_tail(mx.fast.rms_norm(x, None, eps), weight, gate.reshape(x.shape)).reshape(gate.shape)
+    HD = x.shape[-2] * D if x.ndim > 1 else D
+    as_x = gate.shape == x.shape
+    if not (as_x and gate_offset == 0) and (gate.shape[:-1] != x.shape[:-2]
+                                            or not 0 <= gate_offset <= gate.shape[-1] - HD):
+        raise ValueError(f"gate shape {gate.shape} (offset {gate_offset}) for x {x.shape}")
+    out_shape = x.shape if as_x else (*x.shape[:-2], HD)
+    if backend is None or x.ndim != 4 or weight.shape != (D,) or D > 32 * MAX_PER_THREAD or x.size == 0:
+        if not as_x and gate.shape[-1] != HD:
+            gate = gate[..., gate_offset : gate_offset + HD]
+        return gated_tail(mx.fast.rms_norm(x, None, eps), weight, gate.reshape(x.shape)).reshape(out_shape)
     rows = x.size // D
     (y,) = _kernel(backend, "gated_rms_norm")(
-        inputs=[x, gate, weight], output_shapes=[gate.shape], output_dtypes=[x.dtype],
+        inputs=[x, gate, weight], output_shapes=[out_shape], output_dtypes=[x.dtype],
         grid=(-(-rows // GATED_ROWS) * 32 * GATED_ROWS, 1, 1), threadgroup=(32 * GATED_ROWS, 1, 1),
-        template=[("OutT", x.dtype), ("WT", weight.dtype), ("D", D), ("RPG", GATED_ROWS), ("EPS", float_bits(eps))])
+        template=[("OutT", x.dtype), ("WT", weight.dtype), ("D", D), ("RPG", GATED_ROWS), ("EPS", float_bits(eps)),
+                  ("ZP", HD if as_x else gate.shape[-1]), ("ZO", gate_offset)])
     return y

@@ -1,5 +1,6 @@
 """engine.model.Linear: one sequence's product through the held transposed view of the weight is nn.Linear's
-product, as one graph node, and only while the weight it views is the layer's."""
+product, as one graph node, and only while the weight it views is the layer's; and the GDN layer hands its fused
+projection to the GPU kernels that read columns of it in place."""
 
 from __future__ import annotations
 
@@ -62,3 +63,29 @@ def test_a_replaced_weight_is_used_not_the_held_view():
     layer.update({"weight": new})
     x = mx.random.normal((1, 1, 48))
     np.testing.assert_allclose(np.array(layer(x)), np.array(x @ new.T), rtol=1e-6)
+
+
+def test_prefill_kernels_read_the_fused_projection_in_place(tmp_path, monkeypatch):
+    """On the GPU path a GDN layer's prologue and gated norm are given the fused projection itself (q | k | v, z,
+    b, a) and read their columns where they lie: a column slice would be copied before the kernel runs."""
+    from engine.loading import load_model
+    from kernels import gpu, norm
+    from tests.engine.hf_checkpoints import make_checkpoint
+    from tests.kernels.emulator.cuda_emulate import record_launches
+
+    make_checkpoint(tmp_path, seed=2, linear_num_value_heads=4)
+    model = load_model(tmp_path, mx.float32)
+    monkeypatch.setattr(gpu, "gpu_backend", lambda: "cuda")
+    monkeypatch.setattr(norm, "gpu_backend", lambda: "cuda")
+    _, launches = record_launches(lambda: model(mx.array([[3, 1, 4, 1, 5, 9, 2, 6]]), model.make_cache()))
+    gdn = next(layer.linear_attn for layer in model.layers if layer.is_linear)
+    width = gdn.fused_proj.weight.shape[0]
+    assert width == gdn.conv_dim + gdn.value_dim + 2 * gdn.num_v_heads
+    prologues = [x for x in launches if x.name == "prologue"]
+    norms = [x for x in launches if x.name == "gated_rms_norm"]
+    n_gdn = sum(layer.is_linear for layer in model.layers)
+    assert len(prologues) == len(norms) == n_gdn
+    for p in prologues:
+        assert p.inputs[0].shape == (1, 8, width) and dict(p.template)["QP"] == width
+    for n in norms:
+        assert n.inputs[1].shape == (1, 8, width) and dict(n.template)["ZO"] == gdn.conv_dim

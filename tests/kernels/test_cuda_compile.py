@@ -67,9 +67,11 @@ CASES = {
                                                RPW=gpu.decode_rows(128), EPS=gpu.float_bits(1e-6))),
     "decode-fp32": ("decode", "float32", dict(OutT="float32", WT="float32", CK=4, **SIZES, RPW=gpu.decode_rows(128),
                                               EPS=gpu.float_bits(1e-6))),
-    "prologue-bf16": ("prologue", "bfloat16", dict(OutT="bfloat16", CK=4, **SIZES, WPG=gpu.PROLOGUE_GROUPS)),
+    # QP: qkv read in place from the fused projection (q | k | v, z, b, a) of the model's widths / a small one
+    "prologue-bf16": ("prologue", "bfloat16", dict(OutT="bfloat16", CK=4, **SIZES, WPG=gpu.PROLOGUE_GROUPS,
+                                                   QP=6144 + 2048 + 2 * 16)),
     "prologue-fp16-odd-dims": ("prologue", "float16", dict(OutT="float16", CK=4, DK=16, DV=24, HK=2, HV=2,
-                                                           WPG=gpu.PROLOGUE_GROUPS)),
+                                                           WPG=gpu.PROLOGUE_GROUPS, QP=112 + 48 + 2 * 2)),
 }
 # fp32 q / k with bf16 v (what the bf16 model passed before its prologue rounded q / k to bf16), TF32 products.
 MODEL_MIX = {"q": "float32", "k": "float32"}

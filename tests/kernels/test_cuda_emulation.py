@@ -113,10 +113,14 @@ def test_cuda_decode_kernel_matches_the_oracle(tmp_path, dtype, dims):
         assert_close_to_scale(name, got.reshape(want.shape), want, rel=rel)
 
 
-def test_cuda_prologue_kernel_matches_the_oracle(tmp_path):
-    """The prefill prologue (conv, SiLU, split, norms, the conv cache's next rows) for 13 tokens."""
+@pytest.mark.parametrize("extra", [0, 37], ids=["qkv", "fused-row"])
+def test_cuda_prologue_kernel_matches_the_oracle(tmp_path, extra):
+    """The prefill prologue (conv, SiLU, split, norms, the conv cache's next rows) for 13 tokens, B = 2; qkv alone
+    or as the first columns of a wider row (the fused projection, read in place: its other columns are NaN)."""
     Hk, Hv, Dk, Dv = SHAPE["Hk"], SHAPE["Hv"], SHAPE["Dk"], SHAPE["Dv"]
-    ref, arrays = prologue_inputs(B=1, T=13, Hk=Hk, Hv=Hv, Dk=Dk, Dv=Dv, seed=12)
+    ref, arrays = prologue_inputs(B=2, T=13, Hk=Hk, Hv=Hv, Dk=Dk, Dv=Dv, seed=12)
+    if extra:
+        arrays[0] = mx.concatenate([arrays[0], mx.full((2, 13, extra), float("nan"), arrays[0].dtype)], axis=-1)
     got = _run(tmp_path, lambda: gpu.prologue(*arrays, num_k_heads=Hk, head_k_dim=Dk, num_v_heads=Hv,
                                               backend="cuda"))
     for name, g, want in zip(("q", "k", "v", "conv_out"), got, oracle.prologue(*ref, Hk, Dk, Hv), strict=True):

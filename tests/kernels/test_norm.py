@@ -59,6 +59,9 @@ def test_on_the_gpu_both_kernels_match_mlx_ops(monkeypatch, dtype, D):
     assert_close_to_scale("gated", np.array(got.astype(mx.float32)), np.array(want.astype(mx.float32)), rel=rel)
     flat = norm.gated_rms_norm(xg, zg.reshape(2, 37, 16 * 128), wg, EPS)  # the gate in the projection's layout
     assert flat.shape == (2, 37, 16 * 128) and mx.array_equal(flat, got.reshape(flat.shape)).item()
+    pad = mx.zeros((2, 37, 24), dtype)  # ... and as columns 24 .. of a wider row, read in place
+    wide = norm.gated_rms_norm(xg, mx.concatenate([pad, zg.reshape(2, 37, -1), pad], -1), wg, EPS, 24)
+    assert mx.array_equal(wide, flat).item()
 
 
 @pytest.mark.skipif(shutil.which("g++") is None, reason="g++ is not installed")
@@ -89,7 +92,7 @@ def test_cuda_form_compiles_under_nvrtc_rules(tmp_path, dtype, body):
 
     inputs, outputs = norm.BODIES[body]
     template = (dict(OutT=dtype, D=1024, NT=norm.THREADS, EPS=0x358637BD) if body == "add_rms_norm"
-                else dict(OutT=dtype, WT=dtype, D=128, RPG=norm.GATED_ROWS, EPS=0x358637BD))
+                else dict(OutT=dtype, WT=dtype, D=128, RPG=norm.GATED_ROWS, EPS=0x358637BD, ZP=8224, ZO=6144))
     text = kernel_text(body, *kernel_sources("cuda", f"{body}.body"), inputs, outputs,
                        dict.fromkeys(inputs + outputs, dtype), template)
     r = nvcc(tmp_path, text)
@@ -113,27 +116,31 @@ def test_metal_form_matches_mlx_add_and_rms_norm(tmp_path):
 
 
 @pytest.mark.skipif(shutil.which("g++") is None, reason="g++ is not installed")
-@pytest.mark.parametrize("flat", [False, True], ids=["gate-heads", "gate-flat"])
+@pytest.mark.parametrize("layout", ["heads", "flat", "wide"], ids=lambda s: f"gate-{s}")
 @pytest.mark.parametrize("wdtype", [mx.bfloat16, mx.float32], ids=["w-bf16", "w-fp32"])
 @pytest.mark.parametrize("dtype", [mx.bfloat16, mx.float32], ids=["bf16", "fp32"])
-def test_cuda_gated_norm_matches_the_model_ops(tmp_path, monkeypatch, dtype, wdtype, flat):
+def test_cuda_gated_norm_matches_the_model_ops(tmp_path, monkeypatch, dtype, wdtype, layout):
     """The GDN output's norm and gate (engine.model.RMSNormGated's ops: mx.fast.rms_norm, then the compiled
     tail) against those ops run by MLX, for the model's head size and the weight's dtype either way; the gate
-    as x or flat (the projection's layout, the output then flat too), one launch either way."""
+    as x, flat (the output then flat too) or as columns of a wider row (the fused projection, read in place; its
+    other columns NaN), one launch each way."""
 
     monkeypatch.setattr(norm, "gpu_backend", lambda: "cuda")
     rng = np.random.default_rng(4)
-    x, z = (mx.array(rng.normal(size=(1, 3, 5, 128)).astype(np.float32) * s).astype(dtype) for s in (0.3, 2.0))
+    x, z = (mx.array(rng.normal(size=(2, 3, 5, 128)).astype(np.float32) * s).astype(dtype) for s in (0.3, 2.0))
     w = mx.array(rng.uniform(0.5, 1.5, 128).astype(np.float32)).astype(wdtype)
-    gate = z.reshape(1, 3, 5 * 128) if flat else z
-    (y,), launches = record_launches(lambda: [norm.gated_rms_norm(x, gate, w, EPS)])
-    assert [launch.name for launch in launches] == ["gated_rms_norm"] and y.shape == gate.shape
+    flat = z.reshape(2, 3, 5 * 128)
+    nan = mx.full((2, 3, 7), float("nan"), dtype)
+    gate, offset = {"heads": (z, 0), "flat": (flat, 0), "wide": (mx.concatenate([nan, flat, nan], -1), 7)}[layout]
+    (y,), launches = record_launches(lambda: [norm.gated_rms_norm(x, gate, w, EPS, offset)])
+    assert [launch.name for launch in launches] == ["gated_rms_norm"]
+    assert y.shape == (z.shape if layout == "heads" else flat.shape)
     got = as_float(run_launches(launches, tmp_path)[id(y)], dtype).reshape(x.shape)
     want = np.array(norm.gated_tail(mx.fast.rms_norm(x, None, EPS), w, z).astype(mx.float32))
     assert_close_to_scale("y", got, want, rel=8e-3 if dtype == mx.bfloat16 else 1e-6)
 
 
-def test_off_the_gpu_a_flat_gate_gives_the_same_norm_flat(monkeypatch):
+def test_off_the_gpu_a_flat_or_wide_gate_gives_the_same_norm_flat(monkeypatch):
     monkeypatch.setattr(norm, "gpu_backend", lambda: None)
     rng = np.random.default_rng(6)
     x, z = (mx.array(rng.normal(size=(2, 3, 4, 16)).astype(np.float32)) for _ in range(2))
@@ -141,8 +148,11 @@ def test_off_the_gpu_a_flat_gate_gives_the_same_norm_flat(monkeypatch):
     heads = norm.gated_rms_norm(x, z, w, EPS)
     flat = norm.gated_rms_norm(x, z.reshape(2, 3, 64), w, EPS)
     assert flat.shape == (2, 3, 64) and mx.array_equal(flat, heads.reshape(2, 3, 64)).item()
-    with pytest.raises(ValueError, match="gate shape"):
-        norm.gated_rms_norm(x, z.reshape(2, 3, 8, 8), w, EPS)
+    wide = mx.concatenate([mx.zeros((2, 3, 5)), z.reshape(2, 3, 64), mx.ones((2, 3, 2))], axis=-1)
+    assert mx.array_equal(norm.gated_rms_norm(x, wide, w, EPS, 5), flat).item()
+    for bad, offset in ((z.reshape(2, 3, 8, 8), 0), (wide, 8), (z, 1)):
+        with pytest.raises(ValueError, match="gate shape"):
+            norm.gated_rms_norm(x, bad, w, EPS, offset)
 
 
 @pytest.mark.skipif(shutil.which("g++") is None, reason="g++ is not installed")

@@ -64,7 +64,7 @@ TRACE_SCRIPT = textwrap.dedent(
                     output_dtypes=[mx.float32], grid=(2 * 32 * norm.GATED_ROWS, 1, 1),
                     threadgroup=(32 * norm.GATED_ROWS, 1, 1),
                     template=[("OutT", mx.float32), ("WT", mx.float32), ("D", 128), ("RPG", norm.GATED_ROWS),
-                              ("EPS", 0x358637BD)], verbose=True)]
+                              ("EPS", 0x358637BD), ("ZP", 5 * 128), ("ZO", 0)], verbose=True)]
     mx.export_function({out!r}, f, q, k, v, g, b, s)
     """
 )
