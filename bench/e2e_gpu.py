@@ -352,7 +352,7 @@ def server_ttft(model: str, T: int, runs: int, chunked: bool, step_size: int, ma
         out = {"ttft_ms": statistics.median(ttft), "ttft_keepalive_ms": statistics.median(kept),
                "server_prefill_ms": statistics.median(prefill_ms),
                "server_prefill_keepalive_ms": statistics.median(kept_prefill_ms)}
-        for name in ("admitted", "prefill_start", "first_token"):
+        for name in ("submitted", "admitted", "prefill_start", "first_token"):
             out[f"server_{name}_ms"] = statistics.median(p[name] for p in phases)
         return out
     finally:
@@ -372,8 +372,9 @@ def print_server_ttft(args, ours: Result | None) -> None:
     kept = s["ttft_keepalive_ms"]
     print(f"server, the same requests over a kept-alive connection: time to first token {kept:.1f} ms; "
           f"TTFT / server prefill {kept / s['server_prefill_keepalive_ms']:.2f}")
-    print(f"server phases since the request arrived (ms): admitted {s['server_admitted_ms']:.1f}, prefill start "
-          f"{s['server_prefill_start_ms']:.1f}, first token {s['server_first_token_ms']:.1f}; the rest of the "
+    print(f"server phases since the request arrived (ms): parsed and queued {s['server_submitted_ms']:.2f}, "
+          f"admitted {s['server_admitted_ms']:.2f}, prefill start "
+          f"{s['server_prefill_start_ms']:.2f}, first token {s['server_first_token_ms']:.1f}; the rest of the "
           f"client's TTFT (HTTP both ways, parsing) {s['ttft_ms'] - s['server_first_token_ms']:.1f}")
 
 

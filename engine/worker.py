@@ -31,11 +31,6 @@ class NotReady(Exception):
 
 
 @dataclass
-class Admitted:
-    t: float  # perf_counter when the job left the queue
-
-
-@dataclass
 class Progress:
     done: int
     total: int
@@ -66,7 +61,7 @@ class Failed:
     t: float = 0.0
 
 
-Event = Admitted | Progress | Token | Scores | Finished | Failed
+Event = Progress | Token | Scores | Finished | Failed
 
 
 @dataclass
@@ -78,6 +73,9 @@ class Job:
     emit: Callable[[Event], None]
     score_top_k: int | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
+    # perf_counter when the job left the queue: set, not emitted, so the caller's thread is not woken up to
+    # compete for the GIL while this thread builds the prefill (read with the job's later events)
+    admitted: float | None = None
 
     @property
     def generates(self) -> bool:
@@ -146,7 +144,7 @@ class EngineWorker:
                 self.running = 0
 
     def _run(self, job: Job) -> None:
-        job.emit(Admitted(time.perf_counter()))
+        job.admitted = time.perf_counter()
         try:
             self._execute(job)
         except Cancelled:

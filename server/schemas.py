@@ -168,7 +168,8 @@ class TimingRecord(BaseModel):
     completion_tokens: int
     timings: Timings
     phases_ms: dict[str, float | None] = Field(
-        description="monotonic phase times since arrival: admitted, prefill_start, first_token, last_token, finished"
+        description="monotonic phase times since arrival: submitted (parsed, validated, queued), admitted, "
+        "prefill_start, first_token, last_token, finished"
     )
 
 

@@ -15,7 +15,7 @@ from fastapi import Request
 from engine.generate import GenerationResult, PrefillOptions
 from engine.sampling import SamplingParams
 from engine.tokenizer import Tokenizer
-from engine.worker import Admitted, EngineWorker, Event, Failed, Finished, Job, NotReady, QueueFull, Scores, Token
+from engine.worker import EngineWorker, Event, Failed, Finished, Job, NotReady, QueueFull, Scores, Token
 from server.errors import ApiError, invalid, not_ready, overloaded
 from server.metrics import Metrics
 from server.schemas import TimingRecord, Timings
@@ -68,13 +68,14 @@ class EngineRun:
         self._events: asyncio.Queue[Event] = asyncio.Queue()
         loop = asyncio.get_running_loop()
         self.job = Job(prompt, params, lambda ev: loop.call_soon_threadsafe(self._events.put_nowait, ev), score_top_k)
-        self.admitted = self.first_token = self.last_token = self.finished = None
+        self.submitted = self.first_token = self.last_token = self.finished = None
         self.last: GenerationResult | None = None
         self.scores: Scores | None = None
         self.finish_reason: str | None = None
         self.error: Failed | None = None
 
     def submit(self) -> EngineRun:
+        self.submitted = time.perf_counter()  # parsed and validated: from here on the wait is the engine's
         try:
             self.state.worker.submit(self.job)
         except QueueFull:
@@ -86,6 +87,11 @@ class EngineRun:
 
     def cancel(self) -> None:
         self.job.cancel.set()
+
+    @property
+    def admitted(self) -> float | None:
+        """When the engine took the job (None while it waits in the queue)."""
+        return self.job.admitted
 
     async def events(self, keepalive: float | None = None) -> AsyncIterator[Event | None]:
         """Engine events in order (None after `keepalive` quiet seconds); ends after Finished or Failed."""
@@ -117,9 +123,7 @@ class EngineRun:
 
     def _note(self, event: Event) -> None:
         m = self.state.metrics
-        if isinstance(event, Admitted):
-            self.admitted = event.t
-        elif isinstance(event, Scores):
+        if isinstance(event, Scores):
             self.scores = event
         elif isinstance(event, Token):
             if event.result.token is not None:
@@ -176,7 +180,8 @@ class EngineRun:
             return None if t is None else (t - self.received) * 1e3
 
         prefill_start = self.first_token - self.last.prefill_seconds if self.first_token and self.last else None
-        points = ("admitted", self.admitted), ("prefill_start", prefill_start), ("first_token", self.first_token)
+        points = ("submitted", self.submitted), ("admitted", self.admitted), ("prefill_start", prefill_start)
+        points += (("first_token", self.first_token),)
         points += ("last_token", self.last_token), ("finished", self.finished)
         return {k: rel(v) for k, v in points}
 

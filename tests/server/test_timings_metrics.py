@@ -27,7 +27,7 @@ def test_timing_record_by_id_and_by_request_id(request, fixture, path):
     assert t["prefill_path"] == path and t["backend"] == "cpu" and (t["chunk_size"] == 32) == (path == "chunked")
     assert t["queue_ms"] >= 0 and t["ttft_ms"] >= t["prompt_ms"] and t["total_ms"] >= t["ttft_ms"]
     phases = by_id["phases_ms"]
-    assert phases["admitted"] <= phases["prefill_start"] <= phases["first_token"] <= phases["finished"]
+    assert 0 <= phases["submitted"] <= phases["admitted"] <= phases["prefill_start"] <= phases["first_token"] <= phases["finished"]
 
 
 def test_request_id_is_generated_and_listing_is_newest_first(server):
