@@ -24,8 +24,8 @@ pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="g++ is not 
 SHAPE = dict(B=1, T=150, Hk=1, Hv=2, Dk=64, Dv=48, seed=7)  # Hk != Hv, Dk != Dv, a ragged last chunk
 
 
-def _chunked(tmp_path, dtype, chunk: int, sanitize: bool = False):
-    ref, (q, k, v, g, beta, s0) = make_gdn_inputs(**SHAPE, dtype=dtype)
+def _chunked(tmp_path, dtype, chunk: int, sanitize: bool = False, shape: dict = SHAPE):
+    ref, (q, k, v, g, beta, s0) = make_gdn_inputs(**shape, dtype=dtype)
     (out, state), launches = record_launches(
         lambda: gpu.chunked(q, k, v, g, beta, s0, chunk_size=chunk, backend="cuda"))
     assert [launch.name for launch in launches] == ["chunk_prep", "chunk_state", "chunk_out"]
@@ -51,6 +51,19 @@ def test_bf16_cuda_kernels_match_the_oracle(tmp_path, monkeypatch, tf32):
     ref_out, ref_state = oracle.serial(*ref)
     assert_close_to_scale("out", out, ref_out, rel=1e-2)  # bf16 output rounding
     assert_close_to_scale("state", state, ref_state, rel=5e-3 if tf32 == "1" else 1e-5)
+
+
+def test_bf16_cuda_kernels_at_the_models_key_size(tmp_path, monkeypatch):
+    """Dk = 128 in chunks of 64, the model's plan: the state pass runs 6 rounds a chunk in a 3-slot ring, which
+    SHAPE's plans (Dk 64: 2 or 3 rounds in 4 slots) do not reach."""
+    shape = dict(B=1, T=150, Hk=1, Hv=1, Dk=128, Dv=32, seed=3)
+    ws, kr, _, nbuf = gpu.state_staging("cuda", 64, 128, 32)
+    assert (128 // ws + 64 // kr) % nbuf == 0
+    monkeypatch.setenv("MLX_ENABLE_TF32", "1")
+    ref, out, state = _chunked(tmp_path, mx.bfloat16, 64, shape=shape)
+    ref_out, ref_state = oracle.serial(*ref)
+    assert_close_to_scale("out", out, ref_out, rel=1e-2)
+    assert_close_to_scale("state", state, ref_state, rel=5e-3)
 
 
 def test_thread_sanitizer_is_silent_on_the_cuda_form(tmp_path, monkeypatch):
