@@ -34,9 +34,14 @@ class _BodyTooLarge(Exception):
     pass
 
 
+access_log = logging.getLogger("deltaserve.access")
+
+
 class RequestContext:
-    """Pure ASGI middleware: X-Request-Id (echoed or generated), arrival time, body size cap (413), and a
-    last-resort 500 in the OpenAI envelope carrying the request id."""
+    """Pure ASGI middleware: X-Request-Id (echoed or generated), arrival time, body size cap (413), a
+    last-resort 500 in the OpenAI envelope carrying the request id, and the access log: one line a request once
+    its response is complete (uvicorn's, off, writes it when the response starts), with the status, the whole
+    duration of a streamed response and the request id that /v1/timings/{id} takes."""
 
     def __init__(self, app, max_body: int, count_error: Callable[[str], None]):
         self.app, self.max_body, self.count_error = app, max_body, count_error
@@ -47,12 +52,12 @@ class RequestContext:
         headers = dict(scope.get("headers", []))
         rid = headers.get(b"x-request-id", b"").decode("latin-1").strip()[:128] or uuid.uuid4().hex
         scope.setdefault("state", {}).update(request_id=rid, received=time.perf_counter())
-        started = False
+        started, status = False, 0
 
         async def send_with_id(message):
-            nonlocal started
+            nonlocal started, status
             if message["type"] == "http.response.start":
-                started = True
+                started, status = True, message["status"]
                 message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode("latin-1"))]
             await send(message)
 
@@ -83,6 +88,8 @@ class RequestContext:
             err = errors.ApiError(500, f"Internal server error (request id {rid}).", type="server_error",
                                   code="internal_error")
             await self._fail(err, started, send_with_id)
+        finally:
+            _log_access(scope, status, rid)
 
     async def _fail(self, err: errors.ApiError, started: bool, send) -> None:
         self.count_error(err.type)
@@ -92,6 +99,15 @@ class RequestContext:
         hdrs = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
         await send({"type": "http.response.start", "status": err.status, "headers": hdrs})
         await send({"type": "http.response.body", "body": body})
+
+
+def _log_access(scope, status: int, rid: str) -> None:
+    """One line a finished request: client, method and path, status (- if none went out), duration, request id."""
+    if access_log.isEnabledFor(logging.INFO):
+        host, port = scope.get("client") or ("-", 0)
+        ms = (time.perf_counter() - scope["state"]["received"]) * 1e3
+        access_log.info('%s:%s "%s %s" %s %.1f ms (request %s)', host, port, scope["method"], scope["path"],
+                        status or "-", ms, rid)
 
 
 def attach(state: AppState, engine: Engine) -> None:

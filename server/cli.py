@@ -151,7 +151,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     worker = EngineWorker(lambda: Engine.load(settings.model, settings.dtype, settings.prefill_options()),
                           max_queue=settings.max_queue, warm_up=settings.warm_up)
     config = uvicorn.Config(None, host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
-                            timeout_graceful_shutdown=5)
+                            timeout_graceful_shutdown=5, access_log=False)  # ours: server.app
     server = uvicorn.Server(config)
     config.app = create_app(settings, worker, on_load_failure=lambda: setattr(server, "should_exit", True))
     server.run()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import httpx
 import pytest
 
@@ -32,6 +34,24 @@ def test_timing_record_by_id_and_by_request_id(request, fixture, path):
     phases = by_id["phases_ms"]
     times = [phases[k] for k in ("submitted", "admitted", "prefill_start", "first_token", "finished")]
     assert times[0] >= 0 and times == sorted(times)
+
+
+def test_access_log_has_a_line_per_finished_request_with_its_status_and_id(server):
+    """Written when the response is complete: a streamed completion's line comes with its status and request id
+    (the key for /v1/timings), a client error's with its 4xx."""
+    ok = _complete(server, stream=True, headers={"X-Request-Id": "logged-stream"})
+    bad = httpx.post(server.url + "/v1/completions", json={"model": "demo", "prompt": []},
+                     headers={"X-Request-Id": "logged-bad"}, timeout=60)
+    assert ok.status_code == 200 and bad.status_code == 400
+    deadline = time.monotonic() + 10  # the line follows the response's last bytes
+    while (lines := server.log.read_text().splitlines()) and time.monotonic() < deadline:
+        if sum("(request logged-" in x for x in lines) >= 2:
+            break
+        time.sleep(0.05)
+    for rid, status in (("logged-stream", 200), ("logged-bad", 400)):
+        hits = [x for x in lines if f"(request {rid})" in x]
+        assert len(hits) == 1 and f'"POST /v1/completions" {status} ' in hits[0], hits
+    assert not [x for x in lines if "HTTP/1.1\" 200" in x]  # uvicorn's own access log is off
 
 
 def test_request_id_is_generated_and_listing_is_newest_first(server):
