@@ -66,6 +66,17 @@ def test_bf16_cuda_kernels_at_the_models_key_size(tmp_path, monkeypatch):
     assert_close_to_scale("state", state, ref_state, rel=5e-3)
 
 
+def test_bf16_cuda_kernels_with_a_batch_and_grouped_key_heads(tmp_path, monkeypatch):
+    """B = 2 and two key heads shared by four value heads: every kernel's batch and key-head offsets (SHAPE has
+    one sequence and one key head, where both are zero)."""
+    shape = dict(B=2, T=70, Hk=2, Hv=4, Dk=64, Dv=32, seed=5)
+    monkeypatch.setenv("MLX_ENABLE_TF32", "1")
+    ref, out, state = _chunked(tmp_path, mx.bfloat16, 64, shape=shape)
+    ref_out, ref_state = oracle.serial(*ref)
+    assert_close_to_scale("out", out, ref_out, rel=1e-2)
+    assert_close_to_scale("state", state, ref_state, rel=5e-3)
+
+
 def test_thread_sanitizer_is_silent_on_the_cuda_form(tmp_path, monkeypatch):
     monkeypatch.setenv("MLX_ENABLE_TF32", "1")
     _chunked(tmp_path, mx.bfloat16, 64, sanitize=True)  # run_launches fails on any ThreadSanitizer report
