@@ -43,38 +43,24 @@ def test_fp32_cuda_kernels_match_the_oracle(tmp_path, monkeypatch, chunk):
     assert_close_to_scale("state", state, ref_state, rel=1e-5)
 
 
+SHAPES = {
+    "small": SHAPE,
+    # the model's key size: the state pass runs 6 rounds a chunk in a 3-slot ring, which Dk 64's plans do not reach
+    "Dk128": dict(B=1, T=150, Hk=1, Hv=1, Dk=128, Dv=32, seed=3),
+    # a batch, and two key heads shared by four value heads: the offsets SHAPE leaves at zero
+    "B2-grouped": dict(B=2, T=70, Hk=2, Hv=4, Dk=64, Dv=32, seed=5),
+}
+
+
+@pytest.mark.parametrize("shape", list(SHAPES))
 @pytest.mark.parametrize("tf32", ["1", "0"], ids=["TF32", "3xTF32"])
-def test_bf16_cuda_kernels_match_the_oracle(tmp_path, monkeypatch, tf32):
+def test_bf16_cuda_kernels_match_the_oracle(tmp_path, monkeypatch, tf32, shape):
     """bf16 inputs and outputs: plain TF32 products (the model's path on a card) or 3xTF32."""
     monkeypatch.setenv("MLX_ENABLE_TF32", tf32)
-    ref, out, state = _chunked(tmp_path, mx.bfloat16, 64)
+    ref, out, state = _chunked(tmp_path, mx.bfloat16, 64, shape=SHAPES[shape])
     ref_out, ref_state = oracle.serial(*ref)
     assert_close_to_scale("out", out, ref_out, rel=1e-2)  # bf16 output rounding
     assert_close_to_scale("state", state, ref_state, rel=5e-3 if tf32 == "1" else 1e-5)
-
-
-def test_bf16_cuda_kernels_at_the_models_key_size(tmp_path, monkeypatch):
-    """Dk = 128 in chunks of 64, the model's plan: the state pass runs 6 rounds a chunk in a 3-slot ring, which
-    SHAPE's plans (Dk 64: 2 or 3 rounds in 4 slots) do not reach."""
-    shape = dict(B=1, T=150, Hk=1, Hv=1, Dk=128, Dv=32, seed=3)
-    ws, kr, _, nbuf = gpu.state_staging("cuda", 64, 128, 32)
-    assert (128 // ws + 64 // kr) % nbuf == 0
-    monkeypatch.setenv("MLX_ENABLE_TF32", "1")
-    ref, out, state = _chunked(tmp_path, mx.bfloat16, 64, shape=shape)
-    ref_out, ref_state = oracle.serial(*ref)
-    assert_close_to_scale("out", out, ref_out, rel=1e-2)
-    assert_close_to_scale("state", state, ref_state, rel=5e-3)
-
-
-def test_bf16_cuda_kernels_with_a_batch_and_grouped_key_heads(tmp_path, monkeypatch):
-    """B = 2 and two key heads shared by four value heads: every kernel's batch and key-head offsets (SHAPE has
-    one sequence and one key head, where both are zero)."""
-    shape = dict(B=2, T=70, Hk=2, Hv=4, Dk=64, Dv=32, seed=5)
-    monkeypatch.setenv("MLX_ENABLE_TF32", "1")
-    ref, out, state = _chunked(tmp_path, mx.bfloat16, 64, shape=shape)
-    ref_out, ref_state = oracle.serial(*ref)
-    assert_close_to_scale("out", out, ref_out, rel=1e-2)
-    assert_close_to_scale("state", state, ref_state, rel=5e-3)
 
 
 def test_thread_sanitizer_is_silent_on_the_cuda_form(tmp_path, monkeypatch):
