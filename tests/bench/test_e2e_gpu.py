@@ -36,6 +36,11 @@ def test_e2e_bench_prints_the_table_and_every_system_agrees_with_ours():
     assert float(ttft.group(1)) >= float(ttft.group(2)) > 0
     kept = re.search(r"over a kept-alive connection: time to first token ([\d.]+) ms", r.stdout)
     assert kept and float(kept.group(1)) > 0, r.stdout
+    first = re.search(r"the first 100-token request after start-up .*: time to first token ([\d.]+) ms", r.stdout)
+    assert first and float(first.group(1)) > 0, r.stdout
+    phases = re.search(r"parsed and queued ([\d.]+), admitted ([\d.]+), prefill start ([\d.]+), first token "
+                       r"([\d.]+);", r.stdout)
+    assert phases and [float(x) for x in phases.groups()] == sorted(float(x) for x in phases.groups()), r.stdout
     alternating = re.findall(r"^alternating runs @(\d+): --gdn-chunked ([\d.]+) ms, transformers ([\d.]+) ms: "
                              r"([\d.]+)x$", r.stdout, flags=re.M)
     assert [int(a[0]) for a in alternating] == [40, 100], r.stdout
