@@ -3,7 +3,10 @@ profiler: the core's step by our serial kernel (`kernel`) or the MLX-ops path (`
 from its projections (conv, SiLU, q / k norms, decay, beta, the step, the conv-cache shift, the output's gated
 norm) by the fused decode kernel (`fused`) or as MLX ops (`layer-ops`; the norm by its own kernel):
 
-    ncu --csv --metrics gpu__time_duration.sum python bench/gpu_decode.py kernel|ops|fused|layer-ops
+    ncu --csv --metrics gpu__time_duration.sum python bench/gpu_decode.py kernel|ops|fused|layer-ops [STEPS]
+
+The set-up's kernels (random inputs) are in the profile too: the difference between runs of 11 and 1 steps, over
+10, is one step's GPU time and kernel count (tools/device-checks.sh decode does this).
 """
 
 from __future__ import annotations
@@ -16,8 +19,9 @@ import mlx.core as mx
 from kernels import ENV_OPS, gated_delta_decode, gpu
 from kernels.serial import gated_delta_serial
 
-H, D, K, STEPS = 16, 128, 4, 11
+H, D, K = 16, 128, 4
 mode = sys.argv[1]
+STEPS = int(sys.argv[2]) if len(sys.argv) > 2 else 11
 if mode == "layer-ops":
     os.environ[ENV_OPS] = "1"  # the serial step as MLX ops as well
 q = (mx.random.normal((1, 1, H, D)) / 11.3).astype(mx.bfloat16)

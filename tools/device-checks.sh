@@ -71,11 +71,14 @@ case "${1:?part: e2e, gates, kernels or tiles}" in
   decode)
     timeout 300 ncu --metrics gpu__time_duration.sum --csv python3 bench/profile_run.py decode 8 2>/dev/null \
       | python3 bench/ncu_sum.py 2>/dev/null | head -45 | tee "$out/decode-ncu.txt"
-    # One layer's decode step, 11 times: GPU time of the fused kernel against the same work as MLX ops (issue 5)
+    # One layer's decode step: GPU time of the fused kernel against the same work as MLX ops (issue 5), per step
+    # from runs of 11 and 1 steps (the set-up's kernels cancel)
     for mode in kernel ops fused layer-ops; do
-      echo "== $mode (11 steps)"
-      timeout 60 ncu --metrics gpu__time_duration.sum --csv python3 bench/gpu_decode.py $mode 2>/dev/null \
-        | python3 bench/ncu_sum.py 2>/dev/null | tail -1
+      for steps in 1 11; do
+        timeout 60 ncu --metrics gpu__time_duration.sum --csv python3 bench/gpu_decode.py $mode $steps 2>/dev/null \
+          | python3 bench/ncu_sum.py 2>/dev/null | tail -1
+      done | awk -v m=$mode '{us[NR] = $2; n[NR] = $5} END {printf "%s: %.2f us of GPU time, %.1f kernels a step\n",
+        m, (us[2] - us[1]) / 10, (n[2] - n[1]) / 10}'
     done 2>&1 | tee "$out/decode-step-ncu.txt"
     ;;
   model)
