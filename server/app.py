@@ -12,6 +12,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
+from http import HTTPStatus
 
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
@@ -102,12 +103,18 @@ class RequestContext:
 
 
 def _log_access(scope, status: int, rid: str) -> None:
-    """One line a finished request: client, method and path, status (- if none went out), duration, request id."""
+    """One line a finished request, uvicorn's (client - "METHOD path HTTP/v" status phrase) followed by the
+    duration and the request id; status - if none went out."""
     if access_log.isEnabledFor(logging.INFO):
         host, port = scope.get("client") or ("-", 0)
+        path = scope["path"] + ("?" + scope["query_string"].decode("latin-1") if scope.get("query_string") else "")
+        try:
+            phrase = f"{status} {HTTPStatus(status).phrase}"
+        except ValueError:  # none went out (0), or a code without a name
+            phrase = str(status or "-")
         ms = (time.perf_counter() - scope["state"]["received"]) * 1e3
-        access_log.info('%s:%s "%s %s" %s %.1f ms (request %s)', host, port, scope["method"], scope["path"],
-                        status or "-", ms, rid)
+        access_log.info('%s:%s - "%s %s HTTP/%s" %s %.1f ms (request %s)', host, port, scope["method"], path,
+                        scope.get("http_version", "1.1"), phrase, ms, rid)
 
 
 def attach(state: AppState, engine: Engine) -> None:
