@@ -107,8 +107,13 @@ class Engine:
 
     def warm_up(self) -> None:
         """Compile and cache every kernel a first request would need: a short and a chunk-length prompt,
-        a few decode steps, sampling and scoring."""
-        lengths = {1, 2, max(self.info.prefill.min_chunked_tokens, 2)}
+        a few decode steps, sampling and scoring. On a GPU also a prompt of two prefill steps (a step submitted in
+        parts, the KV cache grown between steps, attention against a filled cache), so a long first prompt does
+        not wait for kernel compilation (NVRTC on CUDA); on the CPU nothing is compiled and that would cost seconds."""
+        p = self.info.prefill
+        lengths = {1, 2, max(p.min_chunked_tokens, 2)}
+        if self.info.backend != "cpu":
+            lengths.add(p.step_size + max(p.min_chunked_tokens, 2))
         for n in sorted(lengths):
             prompt = [i % self.model.args.vocab_size for i in range(1, n + 1)]
             for _ in self.generate(prompt, SamplingParams(max_tokens=3, temperature=1.0, seed=0, logprobs=2)):

@@ -98,3 +98,17 @@ def test_prompt_scores_match_transformers_log_softmax(tmp_path):
     for pos in (1, 150, 299):
         assert [t for t, _ in scores.top_logprobs[pos]] == np.argsort(-ref[pos - 1])[:5].tolist()
     assert scores.greedy_next == int(ref[-1].argmax())
+
+
+@pytest.mark.parametrize("backend", ["cpu", "cuda"])
+def test_warm_up_covers_a_two_step_prompt_on_a_gpu(demo_engine, monkeypatch, backend):
+    """A GPU's warm-up also runs a prompt of two prefill steps (kernels compiled before a long first request);
+    the CPU's stays short (nothing to compile, and a long prompt costs seconds there)."""
+    seen = []
+    monkeypatch.setattr(demo_engine.info, "backend", backend)
+    monkeypatch.setattr(demo_engine, "generate", lambda prompt, params, on_step=None: seen.append(len(prompt)) or [])
+    monkeypatch.setattr(demo_engine, "score", lambda *a, **k: None)
+    demo_engine.warm_up()
+    p = demo_engine.info.prefill
+    long = [n for n in seen if n > p.step_size]
+    assert max(seen) < p.step_size if backend == "cpu" else long == [p.step_size + max(p.min_chunked_tokens, 2)]
