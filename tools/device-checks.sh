@@ -23,6 +23,8 @@
 #   bash tools/device-checks.sh ttft-gil # server TTFT with CPython's GIL switch interval lowered (5 / 1 / 0.2 ms)
 #   bash tools/device-checks.sh state-ncu # the state pass at 16384 tokens under Nsight Compute's full set: stall
 #                                        # reasons, shared-memory wavefronts and the source lines they come from
+#   bash tools/device-checks.sh ab-kernels # bench/gpu_kernels.py (ours vs fla, whole core) in exp/base and this tree,
+#                                        # alternating, 4096 / 16384 tokens
 #   bash tools/device-checks.sh ab       # GDN kernel phases of a base tree (exp/base: `git archive main | tar -x -C
 #                                        # exp/base`, carried untracked) against this tree's, alternating, one call
 set -uo pipefail
@@ -122,6 +124,18 @@ case "${1:?part: e2e, gates, kernels or tiles}" in
         (cd "$tree" && PYTHONPATH=/tmp/site:$PWD timeout 120 python3 bench/gpu_phases.py 4096,16384 2>&1 | grep "^T=")
       done
     done 2>&1 | tee "$out/ab-phases.txt"
+    ;;
+  ab-kernels)
+    # The GPU-kernel issue's table (whole GDN core vs fla, one layer) from the base tree and this one, alternating
+    [ -d exp/base/kernels ] || { echo "no base tree at exp/base" >&2; exit 2; }
+    root=$PWD
+    for round in 1 2; do
+      for tree in exp/base .; do
+        echo "== round $round: $tree"
+        (cd "$tree" && PYTHONPATH=/tmp/site:$PWD timeout 140 python3 "$root/bench/gpu_kernels.py" \
+          --contexts 4096,16384 --runs 5 2>&1 | grep "^| [0-9]\|^decode\|^layer")
+      done
+    done 2>&1 | tee "$out/ab-kernels.txt"
     ;;
   ab-env)
     # One family of our kernels (named by its switch) against MLX's ops, alternating in one call: a decode token's
