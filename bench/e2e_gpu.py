@@ -372,7 +372,7 @@ def print_server_ttft(args, ours: Result | None) -> None:
           f"{s['ttft_ms']:.1f} ms (client side), "
           f"server-recorded prefill {s['server_prefill_ms']:.1f} ms{engine}; TTFT / server prefill "
           f"{s['ttft_ms'] / s['server_prefill_ms']:.2f}")
-    print(f"server, the first {T}-token request after start-up (warmed with short prompts): time to first token "
+    print(f"server, the first {T}-token request after start-up (and its warm-up): time to first token "
           f"{s['first_request_ttft_ms']:.1f} ms")
     kept = s["ttft_keepalive_ms"]
     print(f"server, the same requests over a kept-alive connection: time to first token {kept:.1f} ms; "
