@@ -111,9 +111,10 @@ class Engine:
         parts, the KV cache grown between steps, attention against a filled cache), so a long first prompt does
         not wait for kernel compilation (NVRTC on CUDA); on the CPU nothing is compiled and that would cost seconds."""
         p = self.info.prefill
-        lengths = {1, 2, max(p.min_chunked_tokens, 2)}
+        chunked = max(p.min_chunked_tokens, 2)  # the shortest prompt on the chunked path
+        lengths = {1, 2, chunked}
         if self.info.backend != "cpu":
-            lengths.add(p.step_size + max(p.min_chunked_tokens, 2))
+            lengths.add(p.step_size + chunked)
         for n in sorted(lengths):
             prompt = [i % self.model.args.vocab_size for i in range(1, n + 1)]
             for _ in self.generate(prompt, SamplingParams(max_tokens=3, temperature=1.0, seed=0, logprobs=2)):

@@ -180,10 +180,9 @@ class EngineRun:
             return None if t is None else (t - self.received) * 1e3
 
         prefill_start = self.first_token - self.last.prefill_seconds if self.first_token and self.last else None
-        points = ("submitted", self.submitted), ("admitted", self.admitted), ("prefill_start", prefill_start)
-        points += (("first_token", self.first_token),)
-        points += ("last_token", self.last_token), ("finished", self.finished)
-        return {k: rel(v) for k, v in points}
+        points = {"submitted": self.submitted, "admitted": self.admitted, "prefill_start": prefill_start,
+                  "first_token": self.first_token, "last_token": self.last_token, "finished": self.finished}
+        return {k: rel(v) for k, v in points.items()}
 
     def _record(self, status: int) -> None:
         t, m, model = self.timings(), self.state.metrics, self.state.metrics.model
