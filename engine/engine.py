@@ -25,7 +25,7 @@ from engine.generate import (
     stream_generate,
 )
 from engine.loading import load_model, resolve_model_path
-from engine.model import Model
+from engine.model import Model, warm_row_buckets
 from engine.sampling import SamplingParams
 from engine.tokenizer import Tokenizer
 from kernels import attention, implementation
@@ -109,7 +109,9 @@ class Engine:
         """Compile and cache every kernel a first request would need: a short and a chunk-length prompt,
         a few decode steps, sampling and scoring. On a GPU also a prompt of two prefill steps (a step submitted in
         parts, the KV cache grown between steps, attention against a filled cache), so a long first prompt does
-        not wait for kernel compilation (NVRTC on CUDA); on the CPU nothing is compiled and that would cost seconds."""
+        not wait for kernel compilation (NVRTC on CUDA); on the CPU nothing is compiled and that would cost seconds.
+        Then, where the layers' GEMMs run at bucketed row counts, each of those counts once: a prompt of a new
+        length does not wait for cuBLAS to plan its GEMMs."""
         p = self.info.prefill
         chunked = max(p.min_chunked_tokens, 2)  # the shortest prompt on the chunked path
         lengths = {1, 2, chunked}
@@ -120,3 +122,5 @@ class Engine:
             for _ in self.generate(prompt, SamplingParams(max_tokens=3, temperature=1.0, seed=0, logprobs=2)):
                 pass
         self.score([1, 2, 3], top_k=2)
+        # every bucketed GEMM row count of a prefill step (NVIDIA GPUs: see engine.model.TextModel; else none)
+        warm_row_buckets(self.model.layers, p.step_size, self.model.model.row_bucket)

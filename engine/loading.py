@@ -13,9 +13,10 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
+from engine.backend import backend_name
 from engine.config import load_args
 from engine.errors import ModelLoadError
-from engine.model import Model, canonical_key, hold_weight_views
+from engine.model import GEMM_ROW_BUCKET, Model, canonical_key, hold_weight_views
 
 log = logging.getLogger("deltaserve")
 
@@ -159,4 +160,5 @@ def load_model(model_dir: Path, dtype: mx.Dtype, *, fuse: bool = True) -> Model:
     if fuse:
         model.fuse_projections()
     hold_weight_views(model)
+    model.model.row_bucket = GEMM_ROW_BUCKET if backend_name() == "cuda" else 0  # see TextModel
     return model

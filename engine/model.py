@@ -29,6 +29,7 @@ SUPPORTED_MODEL_TYPES = ("qwen3_5_text", "qwen3_5")
 # run): MLX's unfused fallback holds a [heads, queries, keys] score matrix; blocks bound it at QUERY_BLOCK x
 # context whatever the step.
 QUERY_BLOCK = 2048
+GEMM_ROW_BUCKET = 64  # a prefill step's rows on NVIDIA GPUs: a multiple of this (see TextModel.row_bucket)
 LAYER_TYPES = ("linear_attention", "full_attention")
 # (1 + w) norms: stored zero-centred in raw HF checkpoints, shifted once at load.
 SHIFTED_NORMS = ("input_layernorm.weight", "post_attention_layernorm.weight", "q_norm.weight", "k_norm.weight")
@@ -129,6 +130,29 @@ def hold_weight_views(model: nn.Module) -> None:
             m.hold_weight_view()
 
 
+def warm_row_buckets(layers: list[nn.Module], max_rows: int, bucket: int) -> int:
+    """Multiply once by every distinct weight of `layers`' Linears at every multiple of `bucket` rows up to
+    `max_rows` (a prefill step; see TextModel.row_bucket), so no prompt length meets a GEMM shape cuBLAS has not
+    planned; the products run (0 without a bucket)."""
+    shapes = {}
+    for layer in layers:
+        for _, m in layer.named_modules():
+            if isinstance(m, Linear):
+                shapes.setdefault((tuple(m.weight.shape), m.weight.dtype, "bias" in m), m)
+    runs = 0
+    for m in shapes.values() if bucket else ():
+        for rows in range(bucket, max_rows + bucket, bucket):
+            mx.eval(m(mx.zeros((1, rows, m.weight.shape[1]), m.weight.dtype)))
+            runs += 1
+    return runs
+
+
+def pad_rows(x: mx.array, rows: int) -> mx.array:
+    """x [B, T, ...] with zero rows appended up to `rows`."""
+    extra = rows - x.shape[1]
+    return mx.pad(x, [(0, 0), (0, extra)] + [(0, 0)] * (x.ndim - 2)) if extra else x
+
+
 def fuse_linears(layers: list[nn.Module]) -> nn.Module | None:
     """One layer computing `layers`' outputs side by side (their rows stacked), when all are Linear, or all
     QuantizedLinear with one quantization, with the same parameters; else None."""
@@ -155,6 +179,16 @@ class Projections(list):
     def of(cls, y: mx.array, splits: tuple[int, ...]) -> Projections:
         parts = cls(mx.split(y, splits, axis=-1))
         parts.whole = y
+        return parts
+
+    @classmethod
+    def first(cls, projected: list[mx.array], rows: int | None) -> list[mx.array]:
+        """The first `rows` rows of each projection (and of `whole`), as views; all of them for None."""
+        if rows is None or rows == projected[0].shape[1]:
+            return projected
+        parts = cls(p[:, :rows] for p in projected)
+        whole = getattr(projected, "whole", None)
+        parts.whole = None if whole is None else whole[:, :rows]
         return parts
 
 
@@ -243,8 +277,11 @@ class GatedDeltaNet(FusedProjections):
     def __call__(self, x: mx.array, cache: GDNCache) -> mx.array:
         return self.mix(self.project(x), cache)
 
-    def mix(self, projected: list[mx.array], cache: GDNCache) -> mx.array:
-        """The layer from its input projections (qkv, z, b, a) on."""
+    def mix(self, projected: list[mx.array], cache: GDNCache, rows: int | None = None) -> mx.array:
+        """The layer from its input projections (qkv, z, b, a) on. `rows`: the sequence is the projections' first
+        rows, the rest padding (TextModel.row_bucket): the output keeps their row count."""
+        padded = projected[0].shape[1]
+        projected = Projections.first(projected, rows)
         qkv, z, b, a = projected
         B, T, _ = qkv.shape
         if T == 1:  # decode: conv, norms, gates, the serial step and the gated norm in one call (one kernel on GPUs;
@@ -264,7 +301,7 @@ class GatedDeltaNet(FusedProjections):
             state = mx.zeros((B, self.num_v_heads, self.head_v_dim, self.head_k_dim), dtype=mx.float32)
         out, cache.state = gated_delta(q, k, v, g, beta, state, method=cache.method, chunk_size=cache.chunk_size)
         gate, offset = (z, 0) if whole is None else (whole, self.conv_dim)  # z: the columns after q | k | v
-        return self.out_proj(self.norm(out, gate, offset))  # [B, T, value_dim]
+        return self.out_proj(pad_rows(self.norm(out, gate, offset), padded))  # [B, T, value_dim]
 
 
 class Attention(FusedProjections):
@@ -292,9 +329,10 @@ class Attention(FusedProjections):
     def __call__(self, x: mx.array, cache: KVCache | FixedKV) -> mx.array:
         return self.mix(self.project(x), cache)
 
-    def mix(self, projected: list[mx.array], cache: KVCache | FixedKV) -> mx.array:
-        """The layer from its input projections (query | gate, key, value) on."""
-        qg, k, v = projected
+    def mix(self, projected: list[mx.array], cache: KVCache | FixedKV, rows: int | None = None) -> mx.array:
+        """The layer from its input projections (query | gate, key, value) on (`rows`: see GatedDeltaNet.mix)."""
+        padded = projected[0].shape[1]
+        qg, k, v = Projections.first(projected, rows)
         B, T, _ = qg.shape
         q, gate = mx.split(qg.reshape(B, T, self.n_heads, 2 * self.head_dim), 2, axis=-1)
         # q / k norms and RoPE: one kernel on NVIDIA GPUs (decode is bound by launches), else MLX's ops
@@ -322,7 +360,7 @@ class Attention(FusedProjections):
         if o is None:
             o = mlx_attention(q, k, v, self.scale, mask).transpose(0, 2, 1, 3)
         o = o.reshape(B, T, -1)
-        return self.o_proj(_sigmoid_gate(o, gate.reshape(B, T, -1)))
+        return self.o_proj(pad_rows(_sigmoid_gate(o, gate.reshape(B, T, -1)), padded))
 
 
 def mlx_attention(q: mx.array, k: mx.array, v: mx.array, scale: float, mask: str | mx.array | None) -> mx.array:
@@ -380,37 +418,52 @@ class DecoderLayer(nn.Module):
         h, mlp_out = self.residual_step(x, None, cache)
         return h + mlp_out
 
-    def residual_step(self, h: mx.array, pending: mx.array | None, cache: GDNCache | KVCache):
+    def residual_step(self, h: mx.array, pending: mx.array | None, cache: GDNCache | KVCache,
+                      rows: int | None = None):
         """The layer with its last residual add left to the caller: its input is h + pending (pending None: h),
         its output h' + mlp_out, returned as (h', mlp_out). Each residual add is fused with the norm that reads
-        its sum (one kernel on GPUs), so TextModel passes mlp_out on to the next layer's input norm."""
+        its sum (one kernel on GPUs), so TextModel passes mlp_out on to the next layer's input norm. `rows`: the
+        sequence's rows, the rest padding (see TextModel.row_bucket)."""
         inorm, post = self.input_layernorm, self.post_attention_layernorm
         mixer = self.linear_attn if self.is_linear else self.self_attn
         if pending is None:
             x, projected = h, mixer.project(inorm(h))
         else:  # the add, the norm and the mixer's projections: one kernel in a decode step on NVIDIA GPUs
             x, projected = mixer.project_residual(h, pending, inorm)
-        return self.mlp.residual(x, mixer.mix(projected, cache), post)
+        return self.mlp.residual(x, mixer.mix(projected, cache, rows), post)
 
 
 class TextModel(nn.Module):
+    """Embedding, decoder layers, final norm.
+
+    `row_bucket` (set by the loader: GEMM_ROW_BUCKET on NVIDIA GPUs, else 0): a step of T > 1 tokens of one
+    sequence runs its row-wise work (norms, projections, MLP) on ceil(T / row_bucket) * row_bucket rows, the
+    extra rows padding that no mixer reads (each mixer takes the first T rows and pads its output back), and
+    returns the first T rows. cuBLAS, under MLX's CUDA matmul, plans a GEMM the first time it meets a shape,
+    synchronously: 2-4 ms for each weight at each new row count on an H200, ~20 ms a prefill for every prompt of
+    a length not seen before (docs/BENCHMARKS.md, eleventh pass). Bucketed, the row counts are few enough for
+    the warm-up to plan them all (`warm_row_buckets`)."""
+
     def __init__(self, args: ModelArgs):
         super().__init__()
         self.embed_tokens = nn.Embedding(args.vocab_size, args.hidden_size)
         self.layers = [DecoderLayer(args, t) for t in args.layer_types]
         self.norm = nn.RMSNorm(args.hidden_size, eps=args.rms_norm_eps)
+        self.row_bucket = 0
 
     def __call__(self, inputs: mx.array, cache: list, submit_every: int = 0) -> mx.array:
         """`submit_every` > 0: hand the graph built so far to the device every that many layers (`async_eval`),
         so a long prefill step runs on a GPU while Python builds its later layers (never inside mx.compile)."""
-        h, pending = self.embed_tokens(inputs), None
+        B, T = inputs.shape
+        pad = -T % self.row_bucket if self.row_bucket and B == 1 and T > 1 else 0
+        rows = T if pad else None
+        h, pending = self.embed_tokens(pad_rows(inputs, T + pad)), None  # padding rows: token 0's embedding
         for i, (layer, c) in enumerate(zip(self.layers, cache, strict=True), 1):
-            h, pending = layer.residual_step(h, pending, c)
+            h, pending = layer.residual_step(h, pending, c, rows)
             if submit_every and i % submit_every == 0 and i < len(self.layers):
                 mx.async_eval(h, pending)
-        if pending is None:  # no layers
-            return self.norm(h)
-        return add_rms_norm(h, pending, self.norm.weight, self.norm.eps)[1]
+        out = self.norm(h) if pending is None else add_rms_norm(h, pending, self.norm.weight, self.norm.eps)[1]
+        return out[:, :T] if pad else out
 
 
 class Model(nn.Module):

@@ -89,8 +89,8 @@ def test_a_bf16_model_keeps_bf16_through_layers_and_caches(tmp_path, monkeypatch
     seen: list[mx.Dtype] = []
     original = DecoderLayer.residual_step
 
-    def spy(self, h, pending, cache):
-        out = original(self, h, pending, cache)
+    def spy(self, h, pending, cache, rows=None):
+        out = original(self, h, pending, cache, rows)
         seen.extend(x.dtype for x in out)
         return out
 

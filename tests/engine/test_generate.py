@@ -108,7 +108,11 @@ def test_warm_up_covers_a_two_step_prompt_on_a_gpu(demo_engine, monkeypatch, bac
     monkeypatch.setattr(demo_engine.info, "backend", backend)
     monkeypatch.setattr(demo_engine, "generate", lambda prompt, params, on_step=None: seen.append(len(prompt)) or [])
     monkeypatch.setattr(demo_engine, "score", lambda *a, **k: None)
+    warmed = []
+    monkeypatch.setattr("engine.engine.warm_row_buckets", lambda *args: warmed.append(args))
     demo_engine.warm_up()
     p = demo_engine.info.prefill
+    # the GEMM row counts of a step, at the model's bucket (none on a CPU)
+    assert warmed == [(demo_engine.model.layers, p.step_size, demo_engine.model.model.row_bucket)]
     long = [n for n in seen if n > p.step_size]
     assert max(seen) < p.step_size if backend == "cpu" else long == [p.step_size + max(p.min_chunked_tokens, 2)]

@@ -89,3 +89,63 @@ def test_prefill_kernels_read_the_fused_projection_in_place(tmp_path, monkeypatc
         assert p.inputs[0].shape == (1, 8, width) and dict(p.template)["QP"] == width
     for n in norms:
         assert n.inputs[1].shape == (1, 8, width) and dict(n.template)["ZO"] == gdn.conv_dim
+
+
+def test_the_loader_buckets_prefill_rows_on_nvidia_gpus_only(tmp_path, monkeypatch):
+    from engine import loading
+    from tests.engine.hf_checkpoints import make_checkpoint
+
+    make_checkpoint(tmp_path, seed=2)
+    for backend, bucket in (("cpu", 0), ("metal", 0), ("cuda", 64)):
+        monkeypatch.setattr(loading, "backend_name", lambda b=backend: b)
+        assert loading.load_model(tmp_path, mx.float32).model.row_bucket == bucket, backend
+
+
+def test_warm_up_multiplies_each_layer_weight_at_each_bucketed_row_count(tmp_path, monkeypatch):
+    """`warm_row_buckets` runs every distinct weight shape of the layers' Linears (not the head) at every multiple
+    of the bucket up to a prefill step, each once; without a bucket nothing."""
+    from engine.loading import load_model
+    from engine.model import warm_row_buckets
+    from tests.engine.hf_checkpoints import make_checkpoint
+
+    make_checkpoint(tmp_path, seed=2)
+    model = load_model(tmp_path, mx.float32)
+    calls = []
+    real = Linear.__call__
+    monkeypatch.setattr(Linear, "__call__", lambda self, x: calls.append((self.weight.shape, x.shape)) or real(self, x))
+    assert warm_row_buckets(model.layers, 40, 0) == 0 and calls == []
+    runs = warm_row_buckets(model.layers, 40, 16)
+    weights = {tuple(m.weight.shape) for layer in model.layers for _, m in layer.named_modules()
+               if isinstance(m, Linear)}
+    assert sorted((tuple(w), x) for w, x in calls) == sorted((w, (1, rows, w[1])) for w in weights
+                                                              for rows in (16, 32, 48))
+    assert runs == len(calls)
+
+
+@pytest.mark.parametrize("method", ["serial", "chunked"])
+@pytest.mark.parametrize("T", [2, 63, 64, 70], ids=lambda t: f"T{t}")
+def test_a_bucketed_step_gives_the_same_logits_and_caches(tmp_path, method, T):
+    """A step whose row-wise work runs on padded rows (TextModel.row_bucket, NVIDIA GPUs) gives the plain step's
+    logits at every position and the same caches: no padding row reaches a mixer (GDN state and conv state,
+    attention keys and values), and the decode after it agrees."""
+    from engine.cache import cache_arrays, set_gdn_path
+    from engine.loading import load_model
+    from tests.engine.hf_checkpoints import make_checkpoint
+
+    make_checkpoint(tmp_path, seed=4)
+    model = load_model(tmp_path, mx.float32)
+    ids = mx.array([[(7 * i + 3) % model.args.vocab_size for i in range(T)]])
+    results = []
+    for bucket in (0, 64):
+        model.model.row_bucket = bucket
+        cache = model.make_cache()
+        set_gdn_path(cache, method, 16)
+        logits = model(ids, cache)
+        after = model(mx.array([[5]]), cache)
+        results.append([logits, after, *cache_arrays(cache)])
+    plain, bucketed = results
+    assert bucketed[0].shape == (1, T, model.args.vocab_size)
+    assert len(plain) == len(bucketed)
+    for want, got in zip(plain, bucketed, strict=True):
+        assert got.shape == want.shape
+        np.testing.assert_allclose(np.array(got), np.array(want), rtol=1e-5, atol=1e-5)
