@@ -314,12 +314,22 @@ def _first_token(url: str, body: bytes, conn=None) -> tuple[float, str]:
     return first, rid
 
 
-def server_ttft(model: str, T: int, runs: int, chunked: bool, step_size: int, max_tokens: int = 2) -> dict[str, float]:
+def new_lengths(T: int, n: int) -> list[int]:
+    """n prompt lengths near T that no earlier request had (not multiples of 64: GEMM row counts the warm-up does
+    not run unpadded)."""
+    return [T + 1 + 37 * i if i % 2 == 0 else max(2, T // 2 + 3 + 37 * i) for i in range(n)]
+
+
+def server_ttft(model: str, T: int, runs: int, chunked: bool, step_size: int, max_tokens: int = 2,
+                fresh: int = 0) -> dict[str, float]:
     """Median client-side time to the first streamed token of a T-token prompt through a real `deltaserve serve`
     (a subprocess on a loopback port, warmed up at start), each request over a new connection (`ttft_ms`) and,
     alternating with those, over one kept alive (`ttft_keepalive_ms`); the server's own prefill time for the same
     requests (GET /v1/timings/{id}: `prompt_ms`; `server_prefill_ms` for the new connections' requests,
-    `server_prefill_keepalive_ms` for the others) and its phase times since the request arrived, in ms."""
+    `server_prefill_keepalive_ms` for the others) and its phase times since the request arrived, in ms. Then
+    `fresh` prompts of lengths the server had not seen, each sent twice: `fresh` maps each length to (TTFT,
+    prefill) of its first request and of the repeat (what a length costs the first time: GEMM planning,
+    allocations)."""
     import http.client
     import socket
     import sys
@@ -351,7 +361,15 @@ def server_ttft(model: str, T: int, runs: int, chunked: bool, step_size: int, ma
                 (kept_prefill_ms if i % 2 else prefill_ms).append(record["timings"]["prompt_ms"])
                 phases.append(record["phases_ms"])
         conn.close()
-        out = {"ttft_ms": statistics.median(ttft), "ttft_keepalive_ms": statistics.median(kept),
+        seen = {}
+        for n in new_lengths(T, fresh):
+            body = json.dumps({"model": model, "prompt": prompt(n), "max_tokens": max_tokens, "stream": True,
+                               "temperature": 0, "ignore_eos": True}).encode()
+            for _ in range(2):
+                first, rid = _first_token(url, body)
+                with urllib.request.urlopen(f"{url}/v1/timings/{rid}", timeout=30) as r:
+                    seen.setdefault(n, []).append((first * 1e3, json.loads(r.read())["timings"]["prompt_ms"]))
+        out = {"fresh": seen, "ttft_ms": statistics.median(ttft), "ttft_keepalive_ms": statistics.median(kept),
                "server_prefill_ms": statistics.median(prefill_ms),
                "server_prefill_keepalive_ms": statistics.median(kept_prefill_ms),
                "first_request_ttft_ms": first_request_ms}
@@ -365,7 +383,7 @@ def server_ttft(model: str, T: int, runs: int, chunked: bool, step_size: int, ma
 
 def print_server_ttft(args, ours: Result | None) -> None:
     T = args.server_ttft
-    s = server_ttft(args.model, T, args.runs, True, args.step_size, args.server_max_tokens)
+    s = server_ttft(args.model, T, args.runs, True, args.step_size, args.server_max_tokens, args.server_new_lengths)
     engine = f"; engine prefill in this bench {T / ours.prefill_tps[T] * 1e3:.1f} ms" if (
         ours and T in ours.prefill_tps) else ""
     print(f"server, {T}-token prompt, max_tokens {args.server_max_tokens}, --gdn-chunked: time to first token "
@@ -381,6 +399,9 @@ def print_server_ttft(args, ours: Result | None) -> None:
           f"admitted {s['server_admitted_ms']:.2f}, prefill start "
           f"{s['server_prefill_start_ms']:.2f}, first token {s['server_first_token_ms']:.1f}; the rest of the "
           f"client's TTFT (HTTP both ways, parsing) {s['ttft_ms'] - s['server_first_token_ms']:.1f}")
+    for n, ((ttft, pre), (ttft2, pre2)) in s["fresh"].items():
+        print(f"server, a {n}-token prompt, a length not seen before: time to first token {ttft:.1f} ms (prefill "
+              f"{pre:.1f}); the same prompt again {ttft2:.1f} ms (prefill {pre2:.1f})")
 
 
 def gates(results: list[Result], reference: str) -> list[str]:
@@ -449,6 +470,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--server-ttft", type=int, default=0, metavar="T",
                         help="also time the first token of a T-token prompt through `deltaserve serve --gdn-chunked`")
     parser.add_argument("--server-max-tokens", type=int, default=2, help="max_tokens of the TTFT requests")
+    parser.add_argument("--server-new-lengths", type=int, default=3, metavar="N",
+                        help="then N prompts of lengths the server has not seen, each twice (first-request cost)")
     parser.add_argument("--alternate", action="store_true",
                         help="also time --gdn-chunked and transformers prefill in alternating runs (ratios only)")
     parser.add_argument("--json", type=Path, help="also write the results here")

@@ -41,6 +41,12 @@ def test_e2e_bench_prints_the_table_and_every_system_agrees_with_ours():
     phases = re.search(r"parsed and queued ([\d.]+), admitted ([\d.]+), prefill start ([\d.]+), first token "
                        r"([\d.]+);", r.stdout)
     assert phases and [float(x) for x in phases.groups()] == sorted(float(x) for x in phases.groups()), r.stdout
+    fresh = re.findall(r"^server, a (\d+)-token prompt, a length not seen before: time to first token ([\d.]+) ms "
+                       r"\(prefill ([\d.]+)\); the same prompt again ([\d.]+) ms \(prefill ([\d.]+)\)$", r.stdout,
+                       flags=re.M)
+    assert len(fresh) == 3 and len({f[0] for f in fresh} | {"100"}) == 4, r.stdout  # three new lengths
+    for _, ttft, pre, ttft2, pre2 in fresh:
+        assert float(ttft) >= float(pre) > 0 and float(ttft2) >= float(pre2) > 0, fresh
     alternating = re.findall(r"^alternating runs @(\d+): --gdn-chunked ([\d.]+) ms, transformers ([\d.]+) ms: "
                              r"([\d.]+)x$", r.stdout, flags=re.M)
     assert [int(a[0]) for a in alternating] == [40, 100], r.stdout
