@@ -122,9 +122,10 @@ def test_warm_up_multiplies_each_layer_weight_at_each_bucketed_row_count(tmp_pat
     assert runs == len(calls)
 
 
+@pytest.mark.parametrize("fuse", [True, False], ids=["fused", "unfused"])
 @pytest.mark.parametrize("method", ["serial", "chunked"])
 @pytest.mark.parametrize("T", [2, 63, 64, 70], ids=lambda t: f"T{t}")
-def test_a_bucketed_step_gives_the_same_logits_and_caches(tmp_path, method, T):
+def test_a_bucketed_step_gives_the_same_logits_and_caches(tmp_path, method, T, fuse):
     """A step whose row-wise work runs on padded rows (TextModel.row_bucket, NVIDIA GPUs) gives the plain step's
     logits at every position and the same caches: no padding row reaches a mixer (GDN state and conv state,
     attention keys and values), and the decode after it agrees."""
@@ -133,7 +134,7 @@ def test_a_bucketed_step_gives_the_same_logits_and_caches(tmp_path, method, T):
     from tests.engine.hf_checkpoints import make_checkpoint
 
     make_checkpoint(tmp_path, seed=4)
-    model = load_model(tmp_path, mx.float32)
+    model = load_model(tmp_path, mx.float32, fuse=fuse)  # fused projections (the server's) or one Linear each
     ids = mx.array([[(7 * i + 3) % model.args.vocab_size for i in range(T)]])
     results = []
     for bucket in (0, 64):
