@@ -149,4 +149,6 @@ def test_a_bucketed_step_gives_the_same_logits_and_caches(tmp_path, method, T, f
     assert len(plain) == len(bucketed)
     for want, got in zip(plain, bucketed, strict=True):
         assert got.shape == want.shape
-        np.testing.assert_allclose(np.array(got), np.array(want), rtol=1e-5, atol=1e-5)
+        # (fp32: the BLAS may block a padded GEMM differently: rounding moves; a leaked padding row would not
+        # stay within 1e-4)
+        np.testing.assert_allclose(np.array(got), np.array(want), rtol=1e-4, atol=1e-4)
