@@ -23,6 +23,7 @@ from engine.generate import (
     StepHook,
     score_prompt,
     stream_generate,
+    warm_head_rows,
 )
 from engine.loading import load_model, resolve_model_path
 from engine.model import Model, warm_row_buckets
@@ -122,5 +123,7 @@ class Engine:
             for _ in self.generate(prompt, SamplingParams(max_tokens=3, temperature=1.0, seed=0, logprobs=2)):
                 pass
         self.score([1, 2, 3], top_k=2)
-        # every bucketed GEMM row count of a prefill step (NVIDIA GPUs: see engine.model.TextModel; else none)
+        # every bucketed GEMM row count of a prefill step and of a scoring slice's head (NVIDIA GPUs: see
+        # engine.model.TextModel; else none)
         warm_row_buckets(self.model.layers, p.step_size, self.model.model.row_bucket)
+        warm_head_rows(self.model)

@@ -13,7 +13,7 @@ from engine.backend import backend_name
 from engine.cache import cache_arrays, set_gdn_path
 from engine.decode import compiled_decode
 from engine.errors import InvalidInputError
-from engine.model import Model
+from engine.model import Model, pad_rows
 from engine.sampling import (
     LogitsProcessor,
     Sampler,
@@ -352,6 +352,24 @@ class PromptScores:
     greedy_next: int = 0  # argmax after the last prompt token
 
 
+def head_rows(model: Model, h: mx.array) -> mx.array:
+    """The head's logits for hidden rows h [n, hidden]; with the model's row bucket (NVIDIA GPUs) multiplied as
+    the next multiple of it and cut back, so scoring a prompt meets only GEMM shapes the warm-up planned (see
+    TextModel.row_bucket)."""
+    bucket, n = model.model.row_bucket, h.shape[0]
+    if not bucket or n % bucket == 0:
+        return model.head(h)
+    return model.head(pad_rows(h[None], n - n % bucket + bucket)[0])[:n]
+
+
+def warm_head_rows(model: Model) -> None:
+    """The head at every bucketed row count of a scoring slice (nothing without a bucket)."""
+    bucket = model.model.row_bucket
+    dtype = model.model.embed_tokens(mx.array([0])).dtype  # the activations' dtype (a quantized table's too)
+    for rows in range(bucket, SCORE_SLICE + 1, bucket) if bucket else ():
+        mx.eval(model.head(mx.zeros((rows, model.args.hidden_size), dtype)))
+
+
 def score_prompt(
     model: Model,
     prompt: list[int],
@@ -377,7 +395,7 @@ def score_prompt(
     tops: list[list[tuple[int, float]] | None] = [None]
     targets = mx.array(prompt[1:] + [0])
     for s in range(0, len(prompt), SCORE_SLICE):
-        logits = model.head(h[s : s + SCORE_SLICE]).astype(mx.float32)
+        logits = head_rows(model, h[s : s + SCORE_SLICE]).astype(mx.float32)
         lp = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
         picked = mx.take_along_axis(lp, targets[s : s + SCORE_SLICE, None], axis=-1)[:, 0]
         mx.eval(lp, picked)

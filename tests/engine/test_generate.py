@@ -88,11 +88,16 @@ def test_max_tokens_zero_runs_prefill_only(demo_engine):
     assert len(out) == 1 and out[0].token is None and out[0].prefill_seconds > 0
 
 
-def test_prompt_scores_match_transformers_log_softmax(tmp_path):
+@pytest.mark.parametrize("bucket", [0, 64], ids=["rows", "bucketed-rows"])
+def test_prompt_scores_match_transformers_log_softmax(tmp_path, bucket):
+    """Also with the row bucket of NVIDIA GPUs: the last prefill step (44 tokens) and the last scoring slice (44
+    rows) are multiplied padded to 64 rows and cut back."""
     ck = make_checkpoint(tmp_path, seed=4, linear_num_value_heads=4)
     ids = [int(i) for i in np.random.default_rng(1).integers(0, ck.vocab_size, 300)]
     ref = torch.log_softmax(torch.from_numpy(ck.logits(ids)).double(), -1).numpy()
-    scores = score_prompt(load_model(tmp_path, mx.float32), ids, top_k=5, options=PrefillOptions(step_size=128))
+    model = load_model(tmp_path, mx.float32)
+    model.model.row_bucket = bucket
+    scores = score_prompt(model, ids, top_k=5, options=PrefillOptions(step_size=128))
     assert scores.logprobs[0] is None and scores.top_logprobs[0] is None
     assert_close("prompt logprobs", scores.logprobs[1:], ref[np.arange(len(ids) - 1), ids[1:]], atol=1e-4)
     for pos in (1, 150, 299):
@@ -110,9 +115,25 @@ def test_warm_up_covers_a_two_step_prompt_on_a_gpu(demo_engine, monkeypatch, bac
     monkeypatch.setattr(demo_engine, "score", lambda *a, **k: None)
     warmed = []
     monkeypatch.setattr("engine.engine.warm_row_buckets", lambda *args: warmed.append(args))
+    monkeypatch.setattr("engine.engine.warm_head_rows", lambda model: warmed.append(model))
     demo_engine.warm_up()
     p = demo_engine.info.prefill
     # the GEMM row counts of a step, at the model's bucket (none on a CPU)
-    assert warmed == [(demo_engine.model.layers, p.step_size, demo_engine.model.model.row_bucket)]
+    assert warmed == [(demo_engine.model.layers, p.step_size, demo_engine.model.model.row_bucket), demo_engine.model]
     long = [n for n in seen if n > p.step_size]
     assert max(seen) < p.step_size if backend == "cpu" else long == [p.step_size + max(p.min_chunked_tokens, 2)]
+
+
+def test_the_head_is_warmed_at_each_bucketed_row_count_of_a_scoring_slice(tmp_path, monkeypatch):
+    from engine.generate import SCORE_SLICE, warm_head_rows
+
+    make_checkpoint(tmp_path, seed=4, linear_num_value_heads=4)
+    model = load_model(tmp_path, mx.float32)
+    rows = []
+    real = model.head
+    monkeypatch.setattr(model, "head", lambda h: rows.append(h.shape) or real(h))
+    warm_head_rows(model)  # no bucket (the CPU's): nothing
+    assert rows == []
+    model.model.row_bucket = 64
+    warm_head_rows(model)
+    assert rows == [(n, model.args.hidden_size) for n in range(64, SCORE_SLICE + 1, 64)]
