@@ -1,9 +1,10 @@
 """One GDN decode step (T = 1, B = 1, 16 heads x 128, bf16) repeated 11 times, for GPU-time measurement under a
 profiler: the core's step by our serial kernel (`kernel`) or the MLX-ops path (`ops`), or a whole layer's step
 from its projections (conv, SiLU, q / k norms, decay, beta, the step, the conv-cache shift, the output's gated
-norm) by the fused decode kernel (`fused`) or as MLX ops (`layer-ops`; the norm by its own kernel):
+norm) by the fused decode kernel (`fused`) or as MLX ops (`layer-ops`; the norm by its own kernel); or a kernel
+that copies one float (`empty`): the GPU time one launch takes, the floor of a one-kernel step:
 
-    ncu --csv --metrics gpu__time_duration.sum python bench/gpu_decode.py kernel|ops|fused|layer-ops [STEPS]
+    ncu --csv --metrics gpu__time_duration.sum python bench/gpu_decode.py kernel|ops|fused|layer-ops|empty [STEPS]
 
 The set-up's kernels (random inputs) are in the profile too: the difference between runs of 11 and 1 steps, over
 10, is one step's GPU time and kernel count (tools/device-checks.sh decode does this).
@@ -36,8 +37,14 @@ z, norm_w = mx.random.normal((1, 1, H, D)).astype(mx.bfloat16), mx.ones((D,), mx
 state = mx.zeros((1, H, D, D))
 mx.eval(q, k, v, g, beta, qkv, past, conv_w, a, b, a_log, dt_bias, z, norm_w, state)
 backend = gpu.gpu_backend()
+if mode == "empty":  # (its input, g, is an fp32 array already on the device)
+    empty = mx.fast.cuda_kernel(name="deltaserve_empty", input_names=["x"], output_names=["y"],
+                                source="if (threadIdx.x == 0 && blockIdx.x == 0) y[0] = x[0];")
 for _ in range(STEPS):
-    if mode == "kernel":
+    if mode == "empty":
+        (out,) = empty(inputs=[g], output_shapes=[(1,)], output_dtypes=[mx.float32], grid=(32, 1, 1),
+                       threadgroup=(32, 1, 1))
+    elif mode == "kernel":
         out, state = gpu.serial(q, k, v, g, beta, state, backend=backend)
     elif mode == "ops":
         out, state = gated_delta_serial(q, k, v, g, beta, state)

@@ -75,7 +75,7 @@ case "${1:?part: e2e, gates, kernels or tiles}" in
       | python3 bench/ncu_sum.py 2>/dev/null | head -45 | tee "$out/decode-ncu.txt"
     # One layer's decode step: GPU time of the fused kernel against the same work as MLX ops (issue 5), per step
     # from runs of 11 and 1 steps (the set-up's kernels cancel)
-    for mode in kernel ops fused layer-ops; do
+    for mode in kernel ops fused layer-ops empty; do  # empty: one launch's floor (a kernel copying one float)
       for steps in 1 11; do
         timeout 60 ncu --metrics gpu__time_duration.sum --csv python3 bench/gpu_decode.py $mode $steps 2>/dev/null \
           | python3 bench/ncu_sum.py 2>/dev/null | tail -1
