@@ -13,7 +13,7 @@ from engine.backend import backend_name
 from engine.cache import cache_arrays, set_gdn_path
 from engine.decode import compiled_decode
 from engine.errors import InvalidInputError
-from engine.model import Model, pad_rows
+from engine.model import Model, bucketed, pad_rows
 from engine.sampling import (
     LogitsProcessor,
     Sampler,
@@ -356,17 +356,18 @@ def head_rows(model: Model, h: mx.array) -> mx.array:
     """The head's logits for hidden rows h [n, hidden]; with the model's row bucket (NVIDIA GPUs) multiplied as
     the next multiple of it and cut back, so scoring a prompt meets only GEMM shapes the warm-up planned (see
     TextModel.row_bucket)."""
-    bucket, n = model.model.row_bucket, h.shape[0]
-    if not bucket or n % bucket == 0:
-        return model.head(h)
-    return model.head(pad_rows(h[None], n - n % bucket + bucket)[0])[:n]
+    n = h.shape[0]
+    rows = bucketed(n, model.model.row_bucket)
+    return model.head(h) if rows == n else model.head(pad_rows(h[None], rows)[0])[:n]
 
 
 def warm_head_rows(model: Model) -> None:
     """The head at every bucketed row count of a scoring slice (nothing without a bucket)."""
     bucket = model.model.row_bucket
+    if not bucket:
+        return
     dtype = model.model.embed_tokens(mx.array([0])).dtype  # the activations' dtype (a quantized table's too)
-    for rows in range(bucket, SCORE_SLICE + 1, bucket) if bucket else ():
+    for rows in range(bucket, SCORE_SLICE + 1, bucket):
         mx.eval(model.head(mx.zeros((rows, model.args.hidden_size), dtype)))
 
 

@@ -147,6 +147,11 @@ def warm_row_buckets(layers: list[nn.Module], max_rows: int, bucket: int) -> int
     return runs
 
 
+def bucketed(rows: int, bucket: int) -> int:
+    """`rows` rounded up to a multiple of `bucket` (0: no bucket, `rows` as they are)."""
+    return rows + -rows % bucket if bucket else rows
+
+
 def pad_rows(x: mx.array, rows: int) -> mx.array:
     """x [B, T, ...] with zero rows appended up to `rows`."""
     extra = rows - x.shape[1]
@@ -455,7 +460,7 @@ class TextModel(nn.Module):
         """`submit_every` > 0: hand the graph built so far to the device every that many layers (`async_eval`),
         so a long prefill step runs on a GPU while Python builds its later layers (never inside mx.compile)."""
         B, T = inputs.shape
-        pad = -T % self.row_bucket if self.row_bucket and B == 1 and T > 1 else 0
+        pad = bucketed(T, self.row_bucket) - T if B == 1 and T > 1 else 0
         rows = T if pad else None
         h, pending = self.embed_tokens(pad_rows(inputs, T + pad)), None  # padding rows: token 0's embedding
         for i, (layer, c) in enumerate(zip(self.layers, cache, strict=True), 1):
