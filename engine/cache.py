@@ -25,9 +25,11 @@ class GDNCache:
 
 
 class KVCache:
-    """Keys and values [B, Hkv, T, D], grown in steps of `step` tokens to avoid a copy per token."""
+    """Keys and values [B, Hkv, T, D], grown in steps of `step` tokens to avoid a copy per token. The compiled
+    decode step traces once per buffer length (engine.decode), so lengths are coarse: a prompt of a length not
+    seen before then rarely meets a new one, and the warm-up can trace the common ones."""
 
-    step = 256
+    step = 1024
 
     def __init__(self):
         self.keys: mx.array | None = None

@@ -1,9 +1,10 @@
 """The decode step as one compiled MLX function per model. Decode is bound by per-operation host cost (on CUDA a
 token is ~400 small launches): `mx.compile` traces the step once and then replays it without building the graph
 in Python each token. Traced shapes must not change from token to token, so the attention caches are passed as
-whole buffers written at an array offset (`engine.cache.FixedKV`); a new trace happens only when they grow (every
-`GROWTH` tokens; the masked tail costs a decode query little). DELTASERVE_COMPILE_DECODE=0 turns it off (the step
-then runs op by op).
+whole buffers written at an array offset (`engine.cache.FixedKV`); a new trace happens only at a buffer length
+not seen before (lengths are multiples of `KVCache.step`; the masked tail costs a decode query little), and the
+warm-up traces the lengths of common contexts (`warm_decode_lengths`). DELTASERVE_COMPILE_DECODE=0 turns it off
+(the step then runs op by op).
 """
 
 from __future__ import annotations
@@ -14,11 +15,11 @@ import os
 import mlx.core as mx
 
 from engine.cache import FixedKV, GDNCache, KVCache, cache_arrays
-from engine.model import Model, hold_weight_views
+from engine.model import Model, bucketed, hold_weight_views
 
 log = logging.getLogger("deltaserve")
 ENV_COMPILE = "DELTASERVE_COMPILE_DECODE"
-GROWTH = 1024  # tokens the KV buffers grow by during decode: one new trace per GROWTH tokens
+WARM_CONTEXT = 8192  # the warm-up traces the step at every KV buffer length up to this many tokens
 
 
 def decode_step(model: Model, token: mx.array, cache: list) -> mx.array:
@@ -56,7 +57,7 @@ class CompiledDecode:
                 or len({c.offset for c in kv}) > 1):
             return decode_step(self.model, token, cache)  # nothing prefilled yet: the op-by-op step
         for c in kv:
-            c.reserve(1, c.keys, c.values, GROWTH)
+            c.reserve(1, c.keys, c.values)
         offset = mx.array(kv[0].offset if kv else 0, dtype=mx.int32)
         try:
             logits, *arrays = self._step(token, offset, *cache_arrays(cache))  # every array present (checked above)
@@ -84,3 +85,32 @@ def compiled_decode(model: Model) -> CompiledDecode:
         found = CompiledDecode(model)
         object.__setattr__(model, "_compiled_decode", found)
     return found
+
+
+def warm_decode_lengths(model: Model, cache: list, token: mx.array, context: int = WARM_CONTEXT) -> int:
+    """Run the compiled decode step once at every KV buffer length up to `context` tokens, from a prefilled
+    `cache` (left as it was) and its next `token` [B]: on CUDA a step at a new length traced and set up its
+    graphs on the request's second token (6-9 ms on an H200, docs/BENCHMARKS.md). Returns the lengths run."""
+    step = compiled_decode(model)
+    kv = [c for c in cache if isinstance(c, KVCache)]
+    if not kv:
+        return 0
+    lengths = range(bucketed(kv[0].offset + 1, KVCache.step), context + 1, KVCache.step)
+    for n in lengths:
+        trial = [_with_length(c, n) for c in cache]
+        mx.eval(step(token, trial), cache_arrays(trial))
+    return len(lengths)
+
+
+def _with_length(c: GDNCache | KVCache, n: int) -> GDNCache | KVCache:
+    """A copy of a layer's cache whose KV buffers (zeros) hold n tokens; the GDN state is shared (never written:
+    the step returns new arrays)."""
+    if isinstance(c, GDNCache):
+        out = GDNCache(c.method, c.chunk_size)
+        out.conv_state, out.state = c.conv_state, c.state
+        return out
+    out = KVCache()
+    B, H, _, D = c.keys.shape
+    out.keys, out.values = mx.zeros((B, H, n, D), c.keys.dtype), mx.zeros((B, H, n, c.values.shape[3]), c.values.dtype)
+    out.offset = c.offset
+    return out

@@ -15,12 +15,14 @@ from typing import Any
 import mlx.core as mx
 
 from engine import backend
+from engine.decode import warm_decode_lengths
 from engine.demo import DEMO_MODELS
 from engine.generate import (
     GenerationResult,
     PrefillOptions,
     PromptScores,
     StepHook,
+    prefill,
     score_prompt,
     stream_generate,
     warm_head_rows,
@@ -112,7 +114,8 @@ class Engine:
         parts, the KV cache grown between steps, attention against a filled cache), so a long first prompt does
         not wait for kernel compilation (NVRTC on CUDA); on the CPU nothing is compiled and that would cost seconds.
         Then, where the layers' GEMMs run at bucketed row counts, each of those counts once: a prompt of a new
-        length does not wait for cuBLAS to plan its GEMMs."""
+        length does not wait for cuBLAS to plan its GEMMs. On a GPU also the compiled decode step at every KV
+        buffer length of a common context, so a request's second token does not wait for a trace."""
         p = self.info.prefill
         chunked = max(p.min_chunked_tokens, 2)  # the shortest prompt on the chunked path
         lengths = {1, 2, chunked}
@@ -123,6 +126,10 @@ class Engine:
             for _ in self.generate(prompt, SamplingParams(max_tokens=3, temperature=1.0, seed=0, logprobs=2)):
                 pass
         self.score([1, 2, 3], top_k=2)
+        if self.info.backend != "cpu":
+            cache = self.model.make_cache()
+            token = mx.argmax(prefill(self.model, mx.array([[1, 2]]), cache, p), axis=-1)
+            warm_decode_lengths(self.model, cache, token)
         # every bucketed GEMM row count of a prefill step and of a scoring slice's head (NVIDIA GPUs: see
         # engine.model.TextModel; else none)
         warm_row_buckets(self.model.layers, p.step_size, self.model.model.row_bucket)

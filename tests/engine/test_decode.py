@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from engine.cache import KVCache
-from engine.decode import ENV_COMPILE, CompiledDecode, decode_step
+from engine.decode import ENV_COMPILE, CompiledDecode, compiled_decode, decode_step, warm_decode_lengths
 from engine.generate import prefill
 from engine.loading import load_model
 from tests.engine.hf_checkpoints import make_checkpoint
@@ -56,6 +56,42 @@ def test_compiled_and_op_by_op_steps_agree_token_by_token(checkpoint):
         else:
             for x, y in ((c0.conv_state, c1.conv_state), (c0.state, c1.state)):
                 assert_close_to_scale("gdn cache", np.array(x), np.array(y), rel=1e-5)
+
+
+def test_the_warm_up_traces_the_decode_step_at_each_buffer_length_and_leaves_the_cache(tmp_path, monkeypatch):
+    """After `warm_decode_lengths` a request whose KV buffers have a warmed length decodes without tracing the
+    step again (a trace is a call of the Python step: mx.compile runs it only to trace), one longer than the
+    warmed context traces once; the prefilled cache it started from is left as it was."""
+    import engine.decode as decode_module
+
+    traced = []
+    real = decode_module.decode_step
+    monkeypatch.setattr(decode_module, "decode_step", lambda *a: traced.append(a[2]) or real(*a))
+    make_checkpoint(tmp_path, seed=3, num_attention_heads=4, num_key_value_heads=2)
+    model = load_model(tmp_path, mx.float32)
+    cache = model.make_cache()
+    token = mx.argmax(prefill(model, mx.array([[5, 7]]), cache), axis=-1)
+    before = [np.array(a) for c in cache for a in c.arrays]
+    assert warm_decode_lengths(model, cache, token, context=3 * KVCache.step) == 3
+    lengths = {c.keys.shape[2] for trial in traced for c in trial if hasattr(c, "keys")}
+    assert len(traced) == 3 and lengths == {KVCache.step, 2 * KVCache.step, 3 * KVCache.step}
+    assert [c.offset for c in cache if isinstance(c, KVCache)] == [2]
+    for x, y in zip(before, (np.array(a) for c in cache for a in c.arrays), strict=True):
+        np.testing.assert_array_equal(x, y)
+
+    def decode(prompt_len: int, tokens: int = 3) -> None:
+        c = model.make_cache()
+        t = mx.argmax(prefill(model, mx.array([[i % 50 + 1 for i in range(prompt_len)]]), c), axis=-1)
+        for _ in range(tokens):
+            t = mx.argmax(compiled_decode(model)(t, c), axis=-1)
+        mx.eval(t)
+
+    traced.clear()
+    decode(KVCache.step + 100)  # buffers of 2 x step: warmed
+    decode(2 * KVCache.step - 1)  # crosses into 3 x step while decoding: warmed
+    assert traced == []
+    decode(3 * KVCache.step + 1)  # 4 x step: not warmed
+    assert len(traced) == 1
 
 
 def test_the_fused_decode_attention_is_wired_to_its_contract(checkpoint, monkeypatch):

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from engine.cache import KVCache
 from engine.errors import InvalidInputError
 from engine.generate import PrefillOptions, score_prompt
 from engine.loading import load_model
@@ -116,10 +117,15 @@ def test_warm_up_covers_a_two_step_prompt_on_a_gpu(demo_engine, monkeypatch, bac
     warmed = []
     monkeypatch.setattr("engine.engine.warm_row_buckets", lambda *args: warmed.append(args))
     monkeypatch.setattr("engine.engine.warm_head_rows", lambda model: warmed.append(model))
+    monkeypatch.setattr("engine.engine.warm_decode_lengths", lambda model, cache, token: warmed.append(
+        [c.offset for c in cache if isinstance(c, KVCache)] + list(token.shape)))
     demo_engine.warm_up()
     p = demo_engine.info.prefill
-    # the GEMM row counts of a step, at the model's bucket (none on a CPU)
-    assert warmed == [(demo_engine.model.layers, p.step_size, demo_engine.model.model.row_bucket), demo_engine.model]
+    # the GEMM row counts of a step, at the model's bucket (none on a CPU); on a GPU the decode step's buffer
+    # lengths from a prefilled two-token prompt's cache and its next token
+    assert warmed == [
+        *([] if backend == "cpu" else [[2] * sum(not layer.is_linear for layer in demo_engine.model.layers) + [1]]),
+        (demo_engine.model.layers, p.step_size, demo_engine.model.model.row_bucket), demo_engine.model]
     long = [n for n in seen if n > p.step_size]
     assert max(seen) < p.step_size if backend == "cpu" else long == [p.step_size + max(p.min_chunked_tokens, 2)]
 
