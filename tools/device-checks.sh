@@ -25,6 +25,8 @@
 #                                        # reasons, shared-memory wavefronts and the source lines they come from
 #   bash tools/device-checks.sh ab-kernels # bench/gpu_kernels.py (ours vs fla, whole core) in exp/base and this tree,
 #                                        # alternating, 4096 / 16384 tokens
+#   bash tools/device-checks.sh lengths  # what a new prompt length costs its first request (prefill, 2nd token),
+#                                        # with CUDA graphs and without (bench/new_lengths.py)
 #   bash tools/device-checks.sh ab       # GDN kernel phases of a base tree (exp/base: `git archive main | tar -x -C
 #                                        # exp/base`, carried untracked) against this tree's, alternating, one call
 set -uo pipefail
@@ -114,6 +116,12 @@ case "${1:?part: e2e, gates, kernels or tiles}" in
       2>/dev/null | python3 bench/ncu_sum.py 2>/dev/null | head -40 | tee "$out/layers-ncu.txt"
     timeout 200 ncu --metrics gpu__time_duration.sum --csv python3 bench/profile_run.py prefill 4096 2>/dev/null \
       | python3 bench/ncu_sum.py 2>/dev/null | head -40 | tee "$out/layers-ncu-4096.txt"
+    ;;
+  lengths)
+    for graphs in 1 0; do
+      echo "== MLX_USE_CUDA_GRAPHS=$graphs"
+      MLX_USE_CUDA_GRAPHS=$graphs timeout 250 python3 bench/new_lengths.py 2>&1 | grep -v -i "warn\|loading"
+    done 2>&1 | tee "$out/lengths.txt"
     ;;
   ab)
     # Alternating runs of the same script from the two trees on one warm GPU: compare only within this output.
