@@ -89,8 +89,9 @@ def compiled_decode(model: Model) -> CompiledDecode:
 
 def warm_decode_lengths(model: Model, cache: list, token: mx.array, context: int = WARM_CONTEXT) -> int:
     """Run the compiled decode step once at every KV buffer length up to `context` tokens, from a prefilled
-    `cache` (left as it was) and its next `token` [B]: on CUDA a step at a new length traced and set up its
-    graphs on the request's second token (6-9 ms on an H200, docs/BENCHMARKS.md). Returns the lengths run."""
+    `cache` (left as it was) and its next `token` [B]: else a request's second token waits while the step is
+    traced and, on CUDA, its graphs are set up at a length met first (4-6 ms on an H200, docs/BENCHMARKS.md).
+    Returns how many lengths ran."""
     step = compiled_decode(model)
     kv = [c for c in cache if isinstance(c, KVCache)]
     if not kv:
