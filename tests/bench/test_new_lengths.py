@@ -30,3 +30,9 @@ def test_prints_first_and_repeat_times_per_length():
 def test_too_few_tokens_is_a_usage_error():
     r = _run("--tokens", "2")
     assert r.returncode == 2 and "at least 3" in r.stderr
+
+
+def test_warm_buckets_reports_its_prefills_none_without_a_row_bucket():
+    r = _run("--lengths", "20", "--tokens", "3", "--warm-buckets")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert re.search(r"bucket warm-up: 0 prefills in \d+\.\d+ s; peak host memory \d+ -> \d+ MB", r.stdout), r.stdout
