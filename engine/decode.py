@@ -96,6 +96,8 @@ def warm_decode_lengths(model: Model, cache: list, token: mx.array, context: int
     kv = [c for c in cache if isinstance(c, KVCache)]
     if not kv:
         return 0
+    # no longer than the model's context needs (its last buffer holds max_position_embeddings tokens)
+    context = min(context, bucketed(model.args.max_position_embeddings, KVCache.step))
     lengths = range(bucketed(kv[0].offset + 1, KVCache.step), context + 1, KVCache.step)
     for n in lengths:
         trial = [_with_length(c, n) for c in cache]

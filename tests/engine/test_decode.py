@@ -92,6 +92,9 @@ def test_the_warm_up_traces_the_decode_step_at_each_buffer_length_and_leaves_the
     assert traced == []
     decode(3 * KVCache.step + 1)  # 4 x step: not warmed
     assert len(traced) == 1
+    # no buffer longer than the model's context needs
+    model.args.max_position_embeddings = KVCache.step + 1
+    assert warm_decode_lengths(model, cache, token, context=8 * KVCache.step) == 2
 
 
 def test_the_fused_decode_attention_is_wired_to_its_contract(checkpoint, monkeypatch):
