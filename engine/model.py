@@ -19,7 +19,7 @@ import mlx.nn as nn
 
 from engine.cache import FixedKV, GDNCache, KVCache
 from kernels import gated_delta, gated_delta_decode, gated_delta_prologue
-from kernels.attention import causal_attention, decode_attention, qk_norm_rope
+from kernels.attention import QKNorm, causal_attention, decode_attention, qk_norm_rope
 from kernels.gemv import add_norm_gemv
 from kernels.norm import add_rms_norm, gated_rms_norm
 from kernels.prologue import decay_and_beta
@@ -339,25 +339,28 @@ class Attention(FusedProjections):
         padded = projected[0].shape[1]
         qg, k, v = Projections.first(projected, rows)
         B, T, _ = qg.shape
-        q, gate = mx.split(qg.reshape(B, T, self.n_heads, 2 * self.head_dim), 2, axis=-1)
-        # q / k norms and RoPE: one kernel on NVIDIA GPUs (decode is bound by launches), else MLX's ops
         rope = self.rope
-        fused = None if rope.traditional or rope.scale != 1 else qk_norm_rope(
-            qg, k, self.q_norm.weight, self.k_norm.weight, self.q_norm.eps, rope.dims, rope.base, cache.offset,
-            self.n_heads, self.n_kv_heads)
+        norm = None if rope.traditional or rope.scale != 1 else QKNorm(
+            self.q_norm.weight, self.k_norm.weight, self.q_norm.eps, rope.dims, rope.base)
+        # On NVIDIA GPUs a compiled decode step's q / k norms and RoPE, KV write, attention and output gate run as
+        # two fused kernels (from the raw projections: no reshape nodes), and causal prefill's attention as one
+        # (out [B, T, H, D]); elsewhere MLX's attention.
+        decoding = isinstance(cache, FixedKV)
+        if decoding and norm and (fused := decode_attention(
+                None, k, v, cache.keys, cache.values, cache.filled(T), qg, self.scale, norm)) is not None:
+            return self._decoded(fused, cache)
+        q, gate = mx.split(qg.reshape(B, T, self.n_heads, 2 * self.head_dim), 2, axis=-1)
+        # q / k norms and RoPE: one kernel on NVIDIA GPUs, else MLX's ops
+        fused = norm and qk_norm_rope(qg, k, norm.wq, norm.wk, norm.eps, norm.rotary_dim, norm.base, cache.offset,
+                                      self.n_heads, self.n_kv_heads)
         if fused is None:
             q = rope(self.q_norm(q).transpose(0, 2, 1, 3), offset=cache.offset)
             k = rope(self.k_norm(k.reshape(B, T, self.n_kv_heads, -1)).transpose(0, 2, 1, 3), offset=cache.offset)
         else:
             q, k = fused
-        # On NVIDIA GPUs a compiled decode step's KV write, attention and output gate run as two fused kernels (v
-        # in the projection's layout: no reshape nodes), and causal prefill's attention as one (out [B, T, H, D]);
-        # elsewhere MLX's attention.
-        if isinstance(cache, FixedKV) and (fused := decode_attention(
+        if decoding and (fused := decode_attention(
                 q, k, v, cache.keys, cache.values, cache.filled(T), qg, self.scale)) is not None:
-            o, keys, values = fused
-            cache.written(keys, values)
-            return self.o_proj(o)
+            return self._decoded(fused, cache)
         v = v.reshape(B, T, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
         k, v = cache.update_and_fetch(k, v)
         mask = cache.mask(T)
@@ -366,6 +369,12 @@ class Attention(FusedProjections):
             o = mlx_attention(q, k, v, self.scale, mask).transpose(0, 2, 1, 3)
         o = o.reshape(B, T, -1)
         return self.o_proj(pad_rows(_sigmoid_gate(o, gate.reshape(B, T, -1)), padded))
+
+    def _decoded(self, fused: tuple[mx.array, mx.array, mx.array], cache: FixedKV) -> mx.array:
+        """The layer's output from the decode kernels' (gated output, written key / value buffers)."""
+        o, keys, values = fused
+        cache.written(keys, values)
+        return self.o_proj(o)
 
 
 def mlx_attention(q: mx.array, k: mx.array, v: mx.array, scale: float, mask: str | mx.array | None) -> mx.array:

@@ -14,6 +14,7 @@ the caller falls back to `mx.fast.scaled_dot_product_attention`. DELTASERVE_ATTE
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 
 import mlx.core as mx
 import numpy as np
@@ -28,7 +29,7 @@ THREADS = 128
 OPT_IN_SMEM_KB = {(8, 0): 163, (8, 6): 99, (8, 7): 163, (8, 9): 99, (9, 0): 227, (10, 0): 227, (12, 0): 99}
 DECODE_KEYS = 64  # keys one block of the split decode attention walks (16 a warp: a few memory round trips)
 DECODE_THREADS = 128
-DECODE_BODIES = {"attention_decode": (("q", "kn", "vn", "k", "v", "n"), ("po", "pm", "pl", "ko", "vo")),
+DECODE_BODIES = {"attention_decode": (("q", "kn", "vn", "k", "v", "n", "wq", "wk"), ("po", "pm", "pl", "ko", "vo")),
                  "attention_combine": (("po", "pm", "pl", "qg"), ("out",))}
 QK_ROWS = 8  # (token, head) rows a threadgroup of qk_norm_rope: one 32-lane group each
 QK_NAMES = (("qg", "k", "wq", "wk", "pos"), ("qo", "ko"))  # its inputs, outputs
@@ -97,6 +98,32 @@ def causal_attention(q: mx.array, k: mx.array, v: mx.array, scale: float) -> mx.
     return out
 
 
+@dataclass(frozen=True)
+class QKNorm:
+    """An attention layer's q / k RMSNorm weights [D] (one eps) and NeoX RoPE (rotary dims, base): what
+    `qk_norm_rope` applies, for `decode_attention` to apply itself."""
+
+    wq: mx.array
+    wk: mx.array
+    eps: float
+    rotary_dim: int
+    base: float
+
+    def unsupported(self, D: int, dtype: mx.Dtype) -> str | None:
+        """Why the kernels cannot apply these to rows of D elements of `dtype`, or None."""
+        R, vpt = self.rotary_dim, D // 32
+        half = R // 2
+        if D % 32 or R % 2 or not 0 < R <= D or half % vpt or (half // vpt) & (half // vpt - 1):
+            return f"rotary dims {R} of head dim {D} (rotary partners one xor shuffle apart)"
+        if self.wq.shape != (D,) or self.wk.shape != (D,) or {self.wq.dtype, self.wk.dtype} != {dtype}:
+            return f"norm weights {self.wq.shape} / {self.wk.shape} of {self.wq.dtype} / {self.wk.dtype}"
+        return None
+
+    def template(self) -> list[tuple[str, int]]:
+        return [("R", self.rotary_dim), ("EPS", float_bits(self.eps)),
+                ("LB", float_bits(float(np.log2(np.float32(self.base)))))]
+
+
 def kernels_off() -> str | None:
     """Why no attention kernel of this module runs here (switched off, not an NVIDIA GPU), or None."""
     return cuda_off(ENV)
@@ -104,17 +131,20 @@ def kernels_off() -> str | None:
 
 def decode_unsupported(q: mx.array, k: mx.array, v: mx.array, scale: float) -> str | None:
     """Why the decode kernels cannot take this call (the caller uses MLX's attention), or None."""
+    return _decode_unsupported(q.shape[1], q.shape[2], q.shape[-1], q.dtype, k, v, scale)
+
+
+def _decode_unsupported(Hq: int, T: int, D: int, dtype: mx.Dtype, k: mx.array, v: mx.array, scale: float) -> str | None:
     if off := kernels_off():
         return off
-    if q.shape[2] != 1:
-        return f"{q.shape[2]} queries (the kernels take one)"
-    if k.dtype != q.dtype or v.dtype != q.dtype or not mx.issubdtype(q.dtype, mx.floating):
-        return f"dtypes q {q.dtype} / k {k.dtype} / v {v.dtype}"
-    D = q.shape[-1]
+    if T != 1:
+        return f"{T} queries (the kernels take one)"
+    if k.dtype != dtype or v.dtype != dtype or not mx.issubdtype(dtype, mx.floating):
+        return f"dtypes q {dtype} / k {k.dtype} / v {v.dtype}"
     if D % 32 or k.shape[-1] != D or v.shape[-1] != D:
         return f"head dims q {D} / k {k.shape[-1]} / v {v.shape[-1]} (equal, a multiple of 32)"
-    if q.shape[1] % k.shape[1] or k.shape[1] != v.shape[1]:
-        return f"{q.shape[1]} query heads over {k.shape[1]} key / value heads"
+    if Hq % k.shape[1] or k.shape[1] != v.shape[1]:
+        return f"{Hq} query heads over {k.shape[1]} key / value heads"
     if abs(scale * D**0.5 - 1) > 1e-6:
         return f"scale {scale} (the kernels use head_dim^-1/2)"
     return None
@@ -125,29 +155,42 @@ def _decode_kernel(body: str):
     return build_kernel("cuda", body, f"{body}_cuda.body", *DECODE_BODIES[body])
 
 
-def decode_attention(q: mx.array, k: mx.array, v: mx.array, k_cache: mx.array, v_cache: mx.array,
-                     n_keys: mx.array, qg: mx.array, scale: float) -> tuple[mx.array, mx.array, mx.array] | None:
+def decode_attention(q: mx.array | None, k: mx.array, v: mx.array, k_cache: mx.array, v_cache: mx.array,
+                     n_keys: mx.array, qg: mx.array, scale: float,
+                     norm: QKNorm | None = None) -> tuple[mx.array, mx.array, mx.array] | None:
     """One decode token of Qwen3.5's gated attention on the compiled step's whole cache buffers: writes this token's
-    key / value rows k, v [B, Hkv, 1, D] (v also as its projection gives it, [B, 1, Hkv * D]: one layout in
+    key / value rows k, v [B, Hkv, 1, D] (either also as the projection gives it, [B, 1, Hkv * D]: one layout in
     memory at one token) at position n - 1 of k_cache, v_cache [B, Hkv, L, D] (n = n_keys, int32,
     one element, on the device: the positions filled after the write), then softmax(q kc[:n]^T * scale) vc[:n]
     for q [B, Hq, 1, D], times sigmoid of each head's gate (qg [B, 1, Hq * 2D]: each head's query, then its gate).
+    With `norm`, q is None and k the raw key projection: the kernel takes each head's query from qg and applies
+    the layer's q / k norms and RoPE at position n - 1 itself, as `qk_norm_rope` would (no launch for them).
     Returns (out [B, 1, Hq * D], the new k_cache, the new v_cache); None where `decode_unsupported` (the caller
     writes the cache and runs MLX's attention and gate)."""
-    if decode_unsupported(q, k_cache, v_cache, scale) is not None:
-        return None
-    B, Hq, _, D = q.shape
-    Hkv, L = k_cache.shape[1], k_cache.shape[2]
-    if (k.shape != (B, Hkv, 1, D) or v.shape not in (k.shape, (B, 1, Hkv * D)) or k.dtype != q.dtype
-            or v.dtype != q.dtype or qg.shape != (B, 1, Hq * 2 * D) or qg.dtype != q.dtype):
+    B, D, Hkv, L = qg.shape[0], k_cache.shape[-1], k_cache.shape[1], k_cache.shape[2]
+    if norm is None:
+        if q is None or decode_unsupported(q, k_cache, v_cache, scale) is not None or q.shape[0] != B:
+            return None
+        Hq = q.shape[1]
+    else:
+        Hq = qg.shape[-1] // (2 * D) if qg.ndim == 3 else 0
+        if (not Hq or qg.shape[1] != 1 or _decode_unsupported(Hq, 1, D, qg.dtype, k_cache, v_cache, scale)
+                or norm.unsupported(D, qg.dtype)):
+            return None
+        q = qg
+    if (k.shape not in ((B, Hkv, 1, D), (B, 1, Hkv * D)) or v.shape not in ((B, Hkv, 1, D), (B, 1, Hkv * D))
+            or k.dtype != q.dtype or v.dtype != q.dtype or qg.shape != (B, 1, Hq * 2 * D) or qg.dtype != q.dtype):
         return None
     S = -(-L // DECODE_KEYS)
+    prep = [("PREP", 0), ("R", 0), ("EPS", 0), ("LB", 0)] if norm is None else [("PREP", 1), *norm.template()]
+    wq, wk = (qg, qg) if norm is None else (norm.wq, norm.wk)  # unread without norm: any array
     po, pm, pl, k_cache, v_cache = _decode_kernel("attention_decode")(
-        inputs=[q, k, v, k_cache, v_cache, n_keys.astype(mx.int32)],
+        inputs=[q, k, v, k_cache, v_cache, n_keys.astype(mx.int32), wq, wk],
         output_shapes=[(B, Hq, S, D), (B, Hq, S), (B, Hq, S), k_cache.shape, v_cache.shape],
         output_dtypes=[mx.float32] * 3 + [q.dtype] * 2, grid=(S * DECODE_THREADS, Hq, B),
         threadgroup=(DECODE_THREADS, 1, 1),
-        template=[("DT", q.dtype), ("D", D), ("HQ", Hq), ("HKV", Hkv), ("CH", DECODE_KEYS), ("NT", DECODE_THREADS)])
+        template=[("DT", q.dtype), ("D", D), ("HQ", Hq), ("HKV", Hkv), ("CH", DECODE_KEYS), ("NT", DECODE_THREADS),
+                  *prep])
     (out,) = _decode_kernel("attention_combine")(
         inputs=[po, pm, pl, qg], output_shapes=[(B, 1, Hq * D)], output_dtypes=[q.dtype],
         grid=(Hq * DECODE_THREADS, B, 1), threadgroup=(DECODE_THREADS, 1, 1),
@@ -169,12 +212,9 @@ def qk_norm_rope(qg: mx.array, k: mx.array, wq: mx.array, wk: mx.array, eps: flo
     elsewhere or for shapes it does not take (the caller runs MLX's ops)."""
     if kernels_off() is not None:
         return None
-    D, R = wq.shape[0], rotary_dim
-    vpt = D // 32
-    half = R // 2
-    if (D % 32 or R % 2 or not 0 < R <= D or half % vpt or (half // vpt) & (half // vpt - 1)
-            or qg.ndim != 3 or qg.shape[-1] != n_heads * 2 * D or k.shape != (*qg.shape[:2], n_kv_heads * D)
-            or wk.shape != (D,) or len({qg.dtype, k.dtype, wq.dtype, wk.dtype}) != 1
+    D, norm = wq.shape[0], QKNorm(wq, wk, eps, rotary_dim, base)
+    if (norm.unsupported(D, qg.dtype) or qg.ndim != 3 or qg.shape[-1] != n_heads * 2 * D
+            or k.shape != (*qg.shape[:2], n_kv_heads * D) or k.dtype != qg.dtype
             or not mx.issubdtype(qg.dtype, mx.floating) or qg.size == 0):
         return None
     B, T, _ = qg.shape
@@ -184,6 +224,6 @@ def qk_norm_rope(qg: mx.array, k: mx.array, wq: mx.array, wk: mx.array, eps: flo
         inputs=[qg, k, wq, wk, pos.astype(mx.int32)], output_shapes=[(B, n_heads, T, D), (B, n_kv_heads, T, D)],
         output_dtypes=[qg.dtype, qg.dtype], grid=(-(-rows // QK_ROWS) * 32 * QK_ROWS, 1, 1),
         threadgroup=(32 * QK_ROWS, 1, 1),
-        template=[("OutT", qg.dtype), ("D", D), ("R", R), ("HQ", n_heads), ("HKV", n_kv_heads), ("RPG", QK_ROWS),
-                  ("EPS", float_bits(eps)), ("LB", float_bits(float(np.log2(np.float32(base)))))])
+        template=[("OutT", qg.dtype), ("D", D), ("HQ", n_heads), ("HKV", n_kv_heads), ("RPG", QK_ROWS),
+                  *norm.template()])
     return qo, ko

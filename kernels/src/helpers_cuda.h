@@ -244,3 +244,34 @@ __device__ inline float ds_conv_silu(PR row, PP past, PW w, int c, int CK, int C
   }
   return ds_silu_rounded<OutT>(acc);
 }
+
+// One attention head's q or k row (qk_norm_rope_cuda.body, and decode attention applying them itself): a 32-lane
+// group holds the row's D elements, D / 32 contiguous a lane, in x (fp32). RMSNorm with its weight w [D] as
+// MLX's rms_norm computes it (w * OutT(x * rsqrt(mean x^2 + eps))), then NeoX RoPE on the first R dims as MLX's
+// rope does (theta = position * exp2(-(i / (R / 2)) * log2(base)), pairs (i, i + R / 2), the rotation in fp32
+// on the normed values); x holds the result, not yet rounded. A rotary partner sits (R / 2) / (D / 32) lanes
+// away (a power of two: one xor shuffle, in step on every lane before any lane rotates that element).
+template <typename OutT, int D, int R, typename WT>
+__device__ inline void ds_norm_rope_row(float* x, const WT* w, float eps, float log2base, float position, int lane) {
+  constexpr int VPT = D / 32;
+  constexpr int HALF = R / 2;
+  constexpr int SH = HALF / VPT;
+  float ss = 0.0f;
+  for (int i = 0; i < VPT; ++i) ss += x[i] * x[i];
+  ss = ds_warp_sum(ss);
+  const float normalizer = rsqrtf(ss / D + eps);
+  for (int i = 0; i < VPT; ++i) {
+    const float wi = static_cast<float>(w[lane * VPT + i]);
+    x[i] = static_cast<float>(static_cast<OutT>(wi * static_cast<float>(static_cast<OutT>(x[i] * normalizer))));
+  }
+  for (int i = 0; i < VPT; ++i) {
+    const int c = lane * VPT + i;
+    const float partner = ds_shfl_xor(x[i], SH);  // every lane shuffles; lanes past R ignore it
+    if (c < R) {
+      const int f = c < HALF ? c : c - HALF;
+      const float theta = position * exp2f(-(static_cast<float>(f) / static_cast<float>(HALF)) * log2base);
+      const float cs = cosf(theta), sn = sinf(theta);
+      x[i] = c < HALF ? x[i] * cs - partner * sn : partner * sn + x[i] * cs;
+    }
+  }
+}

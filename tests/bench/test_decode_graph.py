@@ -21,9 +21,9 @@ def test_decode_graph_counts_the_cuda_step():
     assert total and int(total.group(1)) == sum(rows.values()), r.stdout
     # demo: 3 GDN layers then 1 attention layer. Layer 0 has no pending residual (MLX's norm, then its fused
     # projections); every later layer's add + norm + projections is one kernel; a GDN layer's core one, an attention
-    # layer's three (q / k norm + RoPE, split attention, combine); each MLP's add + norm + gate | up one; the final
-    # add + norm one.
-    assert rows["custom kernel (stand-in)"] == (0 + 1 + 1) + 2 * (1 + 1 + 1) + (1 + 3 + 1) + 1, r.stdout
+    # layer's two (split attention with its q / k norms and RoPE, combine); each MLP's add + norm + gate | up one;
+    # the final add + norm one.
+    assert rows["custom kernel (stand-in)"] == (0 + 1 + 1) + 2 * (1 + 1 + 1) + (1 + 2 + 1) + 1, r.stdout
     assert rows["Matmul"] == 4 + 4 + 1 + 1, r.stdout  # o / out / down projections, layer 0's projections, head
     # the tied head's x @ embedding.T keeps its transpose, flatten and unflatten; nothing else adds views but
     # the per-layer split of the fused projections and the shared position's reshape

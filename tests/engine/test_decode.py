@@ -97,19 +97,36 @@ def test_the_warm_up_traces_the_decode_step_at_each_buffer_length_and_leaves_the
     assert warm_decode_lengths(model, cache, token, context=8 * KVCache.step) == 2
 
 
-def test_the_fused_decode_attention_is_wired_to_its_contract(checkpoint, monkeypatch):
-    """On NVIDIA GPUs the compiled step hands `kernels.attention.decode_attention` this token's q, k, v, the
-    buffers before its write, n = offset + 1 and the packed query|gate projection, and takes the gated output
-    [B, 1, H * D] and the written buffers. With a stand-in that computes that documented contract in MLX ops (the
-    kernels themselves are checked in tests/kernels), the compiled step's logits and caches equal the op-by-op
-    step's, across a buffer growth; a wrong n, position or layout would not."""
+@pytest.mark.parametrize("norms", ["in-kernel", "declined"])
+def test_the_fused_decode_attention_is_wired_to_its_contract(checkpoint, monkeypatch, norms):
+    """On NVIDIA GPUs the compiled step hands `kernels.attention.decode_attention` this token's raw key and value
+    projections, the buffers before its write, n = offset + 1, the packed query|gate projection and the layer's
+    q / k norms and RoPE (`QKNorm`, applied by the kernel at position n - 1), and takes the gated output [B, 1,
+    H * D] and the written buffers; where it declines that (None), the step prepares q / k itself and hands it
+    them instead. With a stand-in that computes that documented contract in MLX ops (the kernels themselves are
+    checked in tests/kernels), the compiled step's logits and caches equal the op-by-op step's, across a buffer
+    growth; a wrong n, position, norm or layout would not."""
+    import mlx.nn as nn
+
     import engine.model as model_module
 
     calls = []
 
-    def contract(q, k, v, k_cache, v_cache, n_keys, qg, scale):
-        calls.append(q.shape)
+    def contract(q, k, v, k_cache, v_cache, n_keys, qg, scale, norm=None):
+        calls.append("norm" if norm else "prepared")
+        B, Hkv, _, D = k_cache.shape
+        if norm is not None:
+            if norms == "declined":
+                return None
+            assert q is None
+            Hq = qg.shape[-1] // (2 * D)
+            q = qg.reshape(B, 1, Hq, 2 * D)[..., :D]
+            position = (n_keys - 1).reshape(())
+            q, k = (nn.RoPE(norm.rotary_dim, traditional=False, base=norm.base)(
+                        mx.fast.rms_norm(x, w, norm.eps).transpose(0, 2, 1, 3), offset=position)
+                    for x, w in ((q, norm.wq), (k.reshape(B, 1, Hkv, D), norm.wk)))
         B, Hq, _, D = q.shape
+        k = k.reshape(B, Hkv, 1, D)  # [B, Hkv, 1, D] or [B, 1, Hkv * D]: one layout at one token
         v = v.reshape(B, 1, k_cache.shape[1], D).transpose(0, 2, 1, 3)  # [B, Hkv, 1, D] or [B, 1, Hkv * D]
         positions = mx.arange(k_cache.shape[2])
         at = (positions == n_keys - 1)[:, None]
@@ -136,7 +153,7 @@ def test_the_fused_decode_attention_is_wired_to_its_contract(checkpoint, monkeyp
             for x, y in ((c0.keys, c1.keys), (c0.values, c1.values)):
                 assert_close_to_scale("kv", np.array(x[..., : c0.offset, :]), np.array(y[..., : c1.offset, :]),
                                       rel=1e-5)
-    assert calls and all(shape[2] == 1 for shape in calls)
+    assert set(calls) == ({"norm"} if norms == "in-kernel" else {"norm", "prepared"})
 
 
 def test_the_fused_qk_norm_rope_is_wired_to_its_contract(checkpoint, monkeypatch):

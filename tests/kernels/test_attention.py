@@ -167,6 +167,49 @@ def test_decode_attention_matches_float64_oracle_and_mlx(n, dtype):
     assert_close_to_scale("vs MLX", out, np.array(mlx_out.astype(mx.float32)), rel=2 * rel + 8e-3)
 
 
+def test_the_qk_norms_say_which_rows_the_kernels_cannot_take():
+    """`QKNorm.unsupported`: rotary partners must be one xor shuffle apart (R / 2 a power-of-two multiple of a
+    lane's D / 32 elements) and the weights [D] of the rows' dtype; else the callers fall back to MLX's ops."""
+    w = mx.zeros((256,), mx.bfloat16)
+    assert attention.QKNorm(w, w, 1e-6, 64, 1e7).unsupported(256, mx.bfloat16) is None
+    assert attention.QKNorm(w, w, 1e-6, 256, 1e7).unsupported(256, mx.bfloat16) is None
+    for R in (0, 63, 48, 8, 512):  # odd, partners 3 lanes apart, within a lane, wider than the head
+        assert "rotary" in attention.QKNorm(w, w, 1e-6, R, 1e7).unsupported(256, mx.bfloat16), R
+    assert "weights" in attention.QKNorm(w, w.astype(mx.float32), 1e-6, 64, 1e7).unsupported(256, mx.bfloat16)
+    assert "weights" in attention.QKNorm(w[:128], w[:128], 1e-6, 64, 1e7).unsupported(256, mx.bfloat16)
+    if not ON_CUDA:  # and nothing runs off an NVIDIA GPU
+        kv, raw = mx.zeros((1, 2, 64, 256), mx.bfloat16), mx.zeros((1, 1, 512), mx.bfloat16)
+        assert attention.decode_attention(None, raw, raw, kv, kv, mx.array([1]), mx.zeros((1, 1, 4096), mx.bfloat16),
+                                          256**-0.5, attention.QKNorm(w, w, 1e-6, 64, 1e7)) is None
+
+
+@gpu_only
+@pytest.mark.parametrize("dtype", [mx.bfloat16, mx.float32], ids=["bf16", "fp32"])
+@pytest.mark.parametrize("n", [1, 257, 4096], ids=lambda n: f"n{n}")
+def test_decode_attention_with_the_qk_norms_equals_the_separate_kernels_on_the_card(n, dtype):
+    """The model's decode path on the card: the decode attention applying the q / k norms and RoPE itself (from
+    the raw projections, position n - 1) against `qk_norm_rope` then the decode attention, at the model's shapes
+    (8 query heads over 2 key heads, D = 256, 64 rotary dims, base 1e7, a 4096-position buffer), B = 2. The same
+    arithmetic: equal but for the compiler's contraction choices (one rounding)."""
+    rng = np.random.default_rng(n)
+
+    def rand(*shape):
+        return mx.array(rng.normal(size=shape).astype(np.float32) * 3).astype(dtype)
+
+    qg, k, v, kc, vc = rand(2, 1, 16 * 256), rand(2, 1, 512), rand(2, 1, 512), rand(2, 2, 4096, 256), rand(
+        2, 2, 4096, 256)
+    wq, wk = (mx.array(rng.uniform(0.5, 1.5, 256).astype(np.float32)).astype(dtype) for _ in range(2))
+    filled = mx.array([n])
+    q, kr = attention.qk_norm_rope(qg, k, wq, wk, 1e-6, 64, 1e7, mx.array([n - 1]), 8, 2)
+    separate = attention.decode_attention(q, kr, v, kc, vc, filled, qg, 256**-0.5)
+    fused = attention.decode_attention(None, k, v, kc, vc, filled, qg, 256**-0.5,
+                                       attention.QKNorm(wq, wk, 1e-6, 64, 1e7))
+    assert fused is not None and separate is not None
+    rel = 1.2e-2 if dtype == mx.bfloat16 else 1e-5
+    for name, a, b in zip(("out", "k buffer", "v buffer"), fused, separate, strict=True):
+        assert_close_to_scale(name, np.array(a.astype(mx.float32)), np.array(b.astype(mx.float32)), rel=rel)
+
+
 @gpu_only
 @pytest.mark.parametrize("dtype", [mx.bfloat16, mx.float16, mx.float32], ids=["bf16", "fp16", "fp32"])
 @pytest.mark.parametrize("T,position", [(1, 9000), (300, 0), (64, 4096)], ids=lambda x: str(x))

@@ -137,17 +137,21 @@ def test_attention_kernel_compiles_without_spills(dtype, D, tmp_path):
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float32"])
-@pytest.mark.parametrize("body", ["attention_decode", "attention_combine"])
+@pytest.mark.parametrize("body", ["attention_decode", "attention_decode+norms", "attention_combine"])
 def test_decode_attention_kernels_compile_without_spills(body, dtype, tmp_path):
     """The split decode attention's two kernels at the model's head size (D = 256: 8 floats of q and of the
-    output a lane) compile for sm_90 with nothing in local memory."""
+    output a lane) compile for sm_90 with nothing in local memory; the first also where it applies the q / k
+    norms and RoPE itself (64 rotary dims)."""
     from kernels import attention
 
+    body, norms = body.split("+")[0], body.endswith("+norms")
     inputs, outputs = attention.DECODE_BODIES[body]
     types = {n: "int32" if n == "n" else "float32" if n in ("po", "pm", "pl") else dtype for n in inputs + outputs}
     template = dict(DT=dtype, D=256, HQ=8, NT=attention.DECODE_THREADS)
     if body == "attention_decode":
-        template |= dict(HKV=2, CH=attention.DECODE_KEYS)
+        norm = attention.QKNorm(mx.zeros(256), mx.zeros(256), 1e-6, 64, 1e7)
+        template |= dict(HKV=2, CH=attention.DECODE_KEYS, PREP=int(norms))
+        template |= dict(norm.template()) if norms else dict(R=0, EPS=0, LB=0)
     text = kernel_text(body, *gpu.kernel_sources("cuda", f"{body}_cuda.body"), inputs, outputs, types, template)
     r = nvcc(tmp_path, text, "-Xptxas", "-v")
     assert r.returncode == 0, r.stderr[-4000:]

@@ -168,6 +168,37 @@ def test_cuda_decode_attention_matches_the_oracle(tmp_path, monkeypatch, n, dtyp
 
 
 @pytest.mark.parametrize("dtype", [mx.bfloat16, mx.float32], ids=["bf16", "fp32"])
+@pytest.mark.parametrize("n", [1, 70, 600], ids=lambda n: f"n{n}")
+def test_cuda_decode_attention_applies_the_qk_norms_as_their_own_kernel_does(tmp_path, monkeypatch, n, dtype):
+    """Given the layer's norms (`QKNorm`), the decode attention takes the raw query | gate and key projections and
+    applies the q / k RMSNorm and RoPE itself at position n - 1: its gated output and both buffers equal, bit for
+    bit, those of `qk_norm_rope` at that position followed by the decode attention on the prepared q / k (4 query
+    heads over 2 key heads, D = 64, 16 rotary dims, B = 2, a 600-position buffer: the new row in the first, a
+    middle and the last key block)."""
+    monkeypatch.setattr(attention, "kernels_off", lambda: None)  # the CPU: the kernels would not be chosen
+    H, Hkv, D, L, R, base, eps = 4, 2, 64, 600, 16, 10_000_000.0, 1e-6
+    rng = np.random.default_rng(n)
+
+    def rand(*shape, scale=3.0):
+        return mx.array(rng.normal(size=shape).astype(np.float32) * scale).astype(dtype)
+
+    qg, k, v, kc, vc = rand(2, 1, H * 2 * D), rand(2, 1, Hkv * D), rand(2, 1, Hkv * D), rand(2, Hkv, L, D), rand(
+        2, Hkv, L, D)
+    wq, wk = (mx.array(rng.uniform(0.5, 1.5, D).astype(np.float32)).astype(dtype) for _ in range(2))
+    filled = mx.array([n])
+
+    def separate():
+        q, kr = attention.qk_norm_rope(qg, k, wq, wk, eps, R, base, mx.array([n - 1]), H, Hkv)
+        return list(attention.decode_attention(q, kr, v, kc, vc, filled, qg, D**-0.5))
+
+    norm = attention.QKNorm(wq, wk, eps, R, base)
+    fused = _run(tmp_path / "fused", lambda: list(attention.decode_attention(None, k, v, kc, vc, filled, qg, D**-0.5,
+                                                                             norm)))
+    for name, a, b in zip(("out", "k buffer", "v buffer"), fused, _run(tmp_path / "separate", separate), strict=True):
+        np.testing.assert_array_equal(a, b, err_msg=name)
+
+
+@pytest.mark.parametrize("dtype", [mx.bfloat16, mx.float32], ids=["bf16", "fp32"])
 @pytest.mark.parametrize("T,position", [(1, 517), (5, 0), (3, 4000)], ids=lambda x: str(x))
 def test_cuda_qk_norm_rope_matches_mlx_norm_and_rope(tmp_path, monkeypatch, T, position, dtype):
     """An attention layer's q / k preparation in one kernel against the model's own ops (mx.fast.rms_norm per

@@ -1,6 +1,6 @@
 """The CUDA helpers' tensor-core block product, run on the CPU: helpers_cuda.h compiled by g++ against
-tests/kernels/emulator/ptx_shim.h (32 threads a warp; mma.sync and ldmatrix as the PTX ISA lays out their
-fragments), every way ds_mma_block fetches its A operand, checked against a float64 product of the same values.
+tests/kernels/emulator/cuda_shim.h (its CUDA names, and ptx_shim.h: 32 threads a warp; mma.sync and ldmatrix as
+the PTX ISA lays out their fragments), every way ds_mma_block fetches its A operand, checked against a float64 product of the same values.
 A wrong fragment index in a fetch path is an O(1) error; rounding to TF32 is ~1e-3."""
 
 from __future__ import annotations
@@ -128,7 +128,7 @@ def test_block_product_matches_float64(tmp_path, mode, fast, b_transposed):
     inputs.write_bytes(a_bits.tobytes() + b_bits.tobytes())
     src, exe = tmp_path / "harness.cpp", tmp_path / "harness"
     src.write_text(HARNESS.format(
-        shim=HERE / "ptx_shim.h", helpers=REPO / "kernels" / "src" / "helpers_cuda.h", ta=ctype,
+        shim=HERE / "cuda_shim.h", helpers=REPO / "kernels" / "src" / "helpers_cuda.h", ta=ctype,
         a_size=a_bits.size, b_size=b_bits.size, inputs=inputs, outputs=outputs,
         aexact=str(ctype != "float").lower(), fast=str(fast).lower(), aload=aload, am=am, ak=ak, bk=bk, bn=bn,
         mt=MT, nb=NB))
