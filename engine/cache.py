@@ -26,15 +26,19 @@ class GDNCache:
 
 class KVCache:
     """Keys and values [B, Hkv, T, D], grown in steps of `step` tokens to avoid a copy per token. The compiled
-    decode step traces once per buffer length (engine.decode), so lengths are coarse: a prompt of a length not
-    seen before then rarely meets a new one, and the warm-up can trace the common ones."""
+    decode step traces once per buffer length (engine.decode) and reads and rewrites the whole buffers each token,
+    so the step trades the two: `CUDA_STEP` on NVIDIA GPUs (the loader sets it on the model), where a trace at a
+    new length also sets up CUDA graphs and a buffer's copy is cheap; `step` elsewhere."""
 
-    step = 1024
+    step = 256
+    CUDA_STEP = 1024
 
-    def __init__(self):
+    def __init__(self, step: int | None = None):
         self.keys: mx.array | None = None
         self.values: mx.array | None = None
         self.offset = 0
+        if step:
+            self.step = step
 
     def reserve(self, n: int, like_k: mx.array, like_v: mx.array, step: int | None = None) -> None:
         """Make room for n more tokens, growing in multiples of `step` (default `KVCache.step`) tokens (buffers

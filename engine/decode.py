@@ -2,7 +2,7 @@
 token is ~400 small launches): `mx.compile` traces the step once and then replays it without building the graph
 in Python each token. Traced shapes must not change from token to token, so the attention caches are passed as
 whole buffers written at an array offset (`engine.cache.FixedKV`); a new trace happens only at a buffer length
-not seen before (lengths are multiples of `KVCache.step`; the masked tail costs a decode query little), and the
+not seen before (lengths are multiples of the cache's step; the masked tail costs a decode query little), and the
 warm-up traces the lengths of common contexts (`warm_decode_lengths`). DELTASERVE_COMPILE_DECODE=0 turns it off
 (the step then runs op by op).
 """
@@ -92,16 +92,17 @@ def warm_decode_lengths(model: Model, cache: list, token: mx.array, context: int
     `cache` (left as it was) and its next `token` [B]: else a request's second token waits while the step is
     traced and, on CUDA, its graphs are set up at a length met first (4-6 ms on an H200, docs/BENCHMARKS.md).
     Returns how many lengths ran."""
-    step = compiled_decode(model)
     kv = [c for c in cache if isinstance(c, KVCache)]
     if not kv:
         return 0
     # no longer than the model's context needs (its last buffer holds max_position_embeddings tokens)
-    context = min(context, bucketed(model.args.max_position_embeddings, KVCache.step))
-    lengths = range(bucketed(kv[0].offset + 1, KVCache.step), context + 1, KVCache.step)
+    step = kv[0].step
+    context = min(context, bucketed(model.args.max_position_embeddings, step))
+    lengths = range(bucketed(kv[0].offset + 1, step), context + 1, step)
+    decode = compiled_decode(model)
     for n in lengths:
         trial = [_with_length(c, n) for c in cache]
-        mx.eval(step(token, trial), cache_arrays(trial))
+        mx.eval(decode(token, trial), cache_arrays(trial))
     return len(lengths)
 
 
@@ -112,7 +113,7 @@ def _with_length(c: GDNCache | KVCache, n: int) -> GDNCache | KVCache:
         out = GDNCache(c.method, c.chunk_size)
         out.conv_state, out.state = c.conv_state, c.state
         return out
-    out = KVCache()
+    out = KVCache(c.step)
     B, H, _, D = c.keys.shape
     out.keys, out.values = mx.zeros((B, H, n, D), c.keys.dtype), mx.zeros((B, H, n, c.values.shape[3]), c.values.dtype)
     out.offset = c.offset

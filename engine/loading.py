@@ -14,6 +14,7 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 
 from engine.backend import backend_name
+from engine.cache import KVCache
 from engine.config import load_args
 from engine.errors import ModelLoadError
 from engine.model import GEMM_ROW_BUCKET, Model, canonical_key, hold_weight_views
@@ -160,5 +161,7 @@ def load_model(model_dir: Path, dtype: mx.Dtype, *, fuse: bool = True) -> Model:
     if fuse:
         model.fuse_projections()
     hold_weight_views(model)
-    model.model.row_bucket = GEMM_ROW_BUCKET if backend_name() == "cuda" else 0  # see TextModel
+    cuda = backend_name() == "cuda"
+    model.model.row_bucket = GEMM_ROW_BUCKET if cuda else 0  # see TextModel
+    model.kv_step = KVCache.CUDA_STEP if cuda else KVCache.step  # see KVCache
     return model

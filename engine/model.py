@@ -488,6 +488,7 @@ class Model(nn.Module):
         self.args = args
         self.model_type = args.model_type
         self.model = TextModel(args)
+        self.kv_step = KVCache.step
         if not args.tie_word_embeddings:
             self.lm_head = Linear(args.hidden_size, args.vocab_size, bias=False)
 
@@ -516,8 +517,9 @@ class Model(nn.Module):
         return self.model.layers
 
     def make_cache(self, gdn_method: str = "serial", chunk_size: int = 64) -> list[GDNCache | KVCache]:
-        """One cache object per layer: GDN conv + recurrent state, or an attention KV cache."""
-        return [GDNCache(gdn_method, chunk_size) if layer.is_linear else KVCache() for layer in self.layers]
+        """One cache object per layer: GDN conv + recurrent state, or an attention KV cache (grown in steps of
+        `kv_step` tokens: set by the loader, see KVCache)."""
+        return [GDNCache(gdn_method, chunk_size) if layer.is_linear else KVCache(self.kv_step) for layer in self.layers]
 
     def sanitize(self, weights: dict[str, mx.array]) -> dict[str, mx.array]:
         """Map any supported checkpoint layout onto this module's parameter names."""

@@ -58,10 +58,12 @@ def test_compiled_and_op_by_op_steps_agree_token_by_token(checkpoint):
                 assert_close_to_scale("gdn cache", np.array(x), np.array(y), rel=1e-5)
 
 
-def test_the_warm_up_traces_the_decode_step_at_each_buffer_length_and_leaves_the_cache(tmp_path, monkeypatch):
+@pytest.mark.parametrize("step", [KVCache.step, KVCache.CUDA_STEP], ids=["step", "cuda-step"])
+def test_the_warm_up_traces_the_decode_step_at_each_buffer_length_and_leaves_the_cache(tmp_path, monkeypatch, step):
     """After `warm_decode_lengths` a request whose KV buffers have a warmed length decodes without tracing the
     step again (a trace is a call of the Python step: mx.compile runs it only to trace), one longer than the
-    warmed context traces once; the prefilled cache it started from is left as it was."""
+    warmed context traces once; the prefilled cache it started from is left as it was. At the KV step of the
+    CPU / Metal and of NVIDIA GPUs."""
     import engine.decode as decode_module
 
     traced = []
@@ -69,12 +71,13 @@ def test_the_warm_up_traces_the_decode_step_at_each_buffer_length_and_leaves_the
     monkeypatch.setattr(decode_module, "decode_step", lambda *a: traced.append(a[2]) or real(*a))
     make_checkpoint(tmp_path, seed=3, num_attention_heads=4, num_key_value_heads=2)
     model = load_model(tmp_path, mx.float32)
+    model.kv_step = step
     cache = model.make_cache()
     token = mx.argmax(prefill(model, mx.array([[5, 7]]), cache), axis=-1)
     before = [np.array(a) for c in cache for a in c.arrays]
-    assert warm_decode_lengths(model, cache, token, context=3 * KVCache.step) == 3
+    assert warm_decode_lengths(model, cache, token, context=3 * step) == 3
     lengths = {c.keys.shape[2] for trial in traced for c in trial if hasattr(c, "keys")}
-    assert len(traced) == 3 and lengths == {KVCache.step, 2 * KVCache.step, 3 * KVCache.step}
+    assert len(traced) == 3 and lengths == {step, 2 * step, 3 * step}
     assert [c.offset for c in cache if isinstance(c, KVCache)] == [2]
     for x, y in zip(before, (np.array(a) for c in cache for a in c.arrays), strict=True):
         np.testing.assert_array_equal(x, y)
@@ -87,14 +90,14 @@ def test_the_warm_up_traces_the_decode_step_at_each_buffer_length_and_leaves_the
         mx.eval(t)
 
     traced.clear()
-    decode(KVCache.step + 100)  # buffers of 2 x step: warmed
-    decode(2 * KVCache.step - 1)  # crosses into 3 x step while decoding: warmed
+    decode(step + 100)  # buffers of 2 x step: warmed
+    decode(2 * step - 1)  # crosses into 3 x step while decoding: warmed
     assert traced == []
-    decode(3 * KVCache.step + 1)  # 4 x step: not warmed
+    decode(3 * step + 1)  # 4 x step: not warmed
     assert len(traced) == 1
     # no buffer longer than the model's context needs
-    model.args.max_position_embeddings = KVCache.step + 1
-    assert warm_decode_lengths(model, cache, token, context=8 * KVCache.step) == 2
+    model.args.max_position_embeddings = step + 1
+    assert warm_decode_lengths(model, cache, token, context=8 * step) == 2
 
 
 @pytest.mark.parametrize("norms", ["in-kernel", "declined"])

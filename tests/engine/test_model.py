@@ -91,14 +91,17 @@ def test_prefill_kernels_read_the_fused_projection_in_place(tmp_path, monkeypatc
         assert n.inputs[1].shape == (1, 8, width) and dict(n.template)["ZO"] == gdn.conv_dim
 
 
-def test_the_loader_buckets_prefill_rows_on_nvidia_gpus_only(tmp_path, monkeypatch):
+def test_the_loader_buckets_prefill_rows_and_coarsens_kv_growth_on_nvidia_gpus_only(tmp_path, monkeypatch):
     from engine import loading
+    from engine.cache import KVCache
     from tests.engine.hf_checkpoints import make_checkpoint
 
     make_checkpoint(tmp_path, seed=2)
-    for backend, bucket in (("cpu", 0), ("metal", 0), ("cuda", 64)):
+    for backend, bucket, step in (("cpu", 0, 256), ("metal", 0, 256), ("cuda", 64, 1024)):
         monkeypatch.setattr(loading, "backend_name", lambda b=backend: b)
-        assert loading.load_model(tmp_path, mx.float32).model.row_bucket == bucket, backend
+        model = loading.load_model(tmp_path, mx.float32)
+        assert model.model.row_bucket == bucket, backend
+        assert {c.step for c in model.make_cache() if isinstance(c, KVCache)} == {step}, backend
 
 
 def test_warm_up_multiplies_each_layer_weight_at_each_bucketed_row_count(tmp_path, monkeypatch):

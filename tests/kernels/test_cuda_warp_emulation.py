@@ -1,7 +1,7 @@
 """The CUDA helpers' tensor-core block product, run on the CPU: helpers_cuda.h compiled by g++ against
 tests/kernels/emulator/cuda_shim.h (its CUDA names, and ptx_shim.h: 32 threads a warp; mma.sync and ldmatrix as
-the PTX ISA lays out their fragments), every way ds_mma_block fetches its A operand, checked against a float64 product of the same values.
-A wrong fragment index in a fetch path is an O(1) error; rounding to TF32 is ~1e-3."""
+the PTX ISA lays out their fragments), every way ds_mma_block fetches its A operand, checked against a float64
+product of the same values. A wrong fragment index in a fetch path is an O(1) error; rounding to TF32 is ~1e-3."""
 
 from __future__ import annotations
 
