@@ -41,7 +41,7 @@ class KVCache:
             self.step = step
 
     def reserve(self, n: int, like_k: mx.array, like_v: mx.array, step: int | None = None) -> None:
-        """Make room for n more tokens, growing in multiples of `step` (default `KVCache.step`) tokens (buffers
+        """Make room for n more tokens, growing in multiples of `step` (default this cache's `step`) tokens (buffers
         shaped like like_k / like_v except along T)."""
         prev, step = self.offset, step or self.step
         if self.keys is not None and prev + n <= self.keys.shape[2]:

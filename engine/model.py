@@ -351,8 +351,7 @@ class Attention(FusedProjections):
             return self._decoded(fused, cache)
         q, gate = mx.split(qg.reshape(B, T, self.n_heads, 2 * self.head_dim), 2, axis=-1)
         # q / k norms and RoPE: one kernel on NVIDIA GPUs, else MLX's ops
-        fused = norm and qk_norm_rope(qg, k, norm.wq, norm.wk, norm.eps, norm.rotary_dim, norm.base, cache.offset,
-                                      self.n_heads, self.n_kv_heads)
+        fused = norm and qk_norm_rope(qg, k, norm, cache.offset, self.n_heads, self.n_kv_heads)
         if fused is None:
             q = rope(self.q_norm(q).transpose(0, 2, 1, 3), offset=cache.offset)
             k = rope(self.k_norm(k.reshape(B, T, self.n_kv_heads, -1)).transpose(0, 2, 1, 3), offset=cache.offset)

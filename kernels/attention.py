@@ -203,16 +203,16 @@ def _qk_kernel():
     return build_kernel("cuda", "qk_norm_rope", "qk_norm_rope_cuda.body", *QK_NAMES)
 
 
-def qk_norm_rope(qg: mx.array, k: mx.array, wq: mx.array, wk: mx.array, eps: float, rotary_dim: int, base: float,
-                 position: int | mx.array, n_heads: int, n_kv_heads: int) -> tuple[mx.array, mx.array] | None:
-    """An attention layer's q / k from its projections: per head RMSNorm (weights wq / wk [D]) then NeoX RoPE on
-    the first `rotary_dim` dims from `position` (an int, or an int32 device scalar), as MLX's rms_norm and rope
-    compute them; qg [B, T, n_heads * 2D] holds each head's query then its gate (not read), k [B, T,
+def qk_norm_rope(qg: mx.array, k: mx.array, norm: QKNorm, position: int | mx.array, n_heads: int,
+                 n_kv_heads: int) -> tuple[mx.array, mx.array] | None:
+    """An attention layer's q / k from its projections: per head RMSNorm (weights norm.wq / norm.wk [D]) then NeoX
+    RoPE on the first `norm.rotary_dim` dims from `position` (an int, or an int32 device scalar), as MLX's rms_norm
+    and rope compute them; qg [B, T, n_heads * 2D] holds each head's query then its gate (not read), k [B, T,
     n_kv_heads * D]. Returns (q [B, n_heads, T, D], k [B, n_kv_heads, T, D]), one launch on NVIDIA GPUs; None
     elsewhere or for shapes it does not take (the caller runs MLX's ops)."""
     if kernels_off() is not None:
         return None
-    D, norm = wq.shape[0], QKNorm(wq, wk, eps, rotary_dim, base)
+    D = norm.wq.shape[0]
     if (norm.unsupported(D, qg.dtype) or qg.ndim != 3 or qg.shape[-1] != n_heads * 2 * D
             or k.shape != (*qg.shape[:2], n_kv_heads * D) or k.dtype != qg.dtype
             or not mx.issubdtype(qg.dtype, mx.floating) or qg.size == 0):
@@ -221,7 +221,8 @@ def qk_norm_rope(qg: mx.array, k: mx.array, wq: mx.array, wk: mx.array, eps: flo
     pos = position.reshape(1) if isinstance(position, mx.array) else mx.array([position])
     rows = B * T * (n_heads + n_kv_heads)
     qo, ko = _qk_kernel()(
-        inputs=[qg, k, wq, wk, pos.astype(mx.int32)], output_shapes=[(B, n_heads, T, D), (B, n_kv_heads, T, D)],
+        inputs=[qg, k, norm.wq, norm.wk, pos.astype(mx.int32)],
+        output_shapes=[(B, n_heads, T, D), (B, n_kv_heads, T, D)],
         output_dtypes=[qg.dtype, qg.dtype], grid=(-(-rows // QK_ROWS) * 32 * QK_ROWS, 1, 1),
         threadgroup=(32 * QK_ROWS, 1, 1),
         template=[("OutT", qg.dtype), ("D", D), ("HQ", n_heads), ("HKV", n_kv_heads), ("RPG", QK_ROWS),

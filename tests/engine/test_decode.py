@@ -161,15 +161,17 @@ def test_the_fused_decode_attention_is_wired_to_its_contract(checkpoint, monkeyp
 
 def test_the_fused_qk_norm_rope_is_wired_to_its_contract(checkpoint, monkeypatch):
     """On NVIDIA GPUs each attention layer hands `kernels.attention.qk_norm_rope` its packed query|gate and key
-    projections, norm weights, rotary dims, base and position (an int in prefill, the compiled step's device
-    offset in decode) and takes q, k in the attention layout. With a stand-in computing that documented contract
-    in MLX ops, prefill and compiled decode still match transformers; a wrong position or layout would not."""
+    projections, its norms (`QKNorm`: weights, eps, rotary dims, base) and position (an int in prefill, the
+    compiled step's device offset in decode) and takes q, k in the attention layout. With a stand-in computing
+    that documented contract in MLX ops, prefill and compiled decode still match transformers; a wrong position or
+    layout would not."""
     import engine.model as model_module
 
     calls = []
 
-    def contract(qg, k, wq, wk, eps, rotary_dim, base, position, n_heads, n_kv_heads):
+    def contract(qg, k, norm, position, n_heads, n_kv_heads):
         calls.append(type(position).__name__)
+        wq, wk, eps, rotary_dim, base = norm.wq, norm.wk, norm.eps, norm.rotary_dim, norm.base
         B, T, _ = qg.shape
         D = wq.shape[0]
         q = qg.reshape(B, T, n_heads, 2 * D)[..., :D]

@@ -200,7 +200,7 @@ def test_decode_attention_with_the_qk_norms_equals_the_separate_kernels_on_the_c
         2, 2, 4096, 256)
     wq, wk = (mx.array(rng.uniform(0.5, 1.5, 256).astype(np.float32)).astype(dtype) for _ in range(2))
     filled = mx.array([n])
-    q, kr = attention.qk_norm_rope(qg, k, wq, wk, 1e-6, 64, 1e7, mx.array([n - 1]), 8, 2)
+    q, kr = attention.qk_norm_rope(qg, k, attention.QKNorm(wq, wk, 1e-6, 64, 1e7), mx.array([n - 1]), 8, 2)
     separate = attention.decode_attention(q, kr, v, kc, vc, filled, qg, 256**-0.5)
     fused = attention.decode_attention(None, k, v, kc, vc, filled, qg, 256**-0.5,
                                        attention.QKNorm(wq, wk, 1e-6, 64, 1e7))
@@ -219,7 +219,7 @@ def test_qk_norm_rope_matches_mlx_ops_on_the_card(T, position, dtype):
     rng = np.random.default_rng(T)
     qg, k = (mx.array(rng.normal(size=(2, T, n * 256)).astype(np.float32) * 3).astype(dtype) for n in (16, 2))
     wq, wk = (mx.array(rng.uniform(0.5, 1.5, 256).astype(np.float32)).astype(dtype) for _ in range(2))
-    got = attention.qk_norm_rope(qg, k, wq, wk, 1e-6, 64, 1e7, position, 8, 2)
+    got = attention.qk_norm_rope(qg, k, attention.QKNorm(wq, wk, 1e-6, 64, 1e7), position, 8, 2)
     assert got is not None
     q = qg.reshape(2, T, 8, 512)[..., :256]
 

@@ -187,11 +187,11 @@ def test_cuda_decode_attention_applies_the_qk_norms_as_their_own_kernel_does(tmp
     wq, wk = (mx.array(rng.uniform(0.5, 1.5, D).astype(np.float32)).astype(dtype) for _ in range(2))
     filled = mx.array([n])
 
-    def separate():
-        q, kr = attention.qk_norm_rope(qg, k, wq, wk, eps, R, base, mx.array([n - 1]), H, Hkv)
-        return list(attention.decode_attention(q, kr, v, kc, vc, filled, qg, D**-0.5))
-
     norm = attention.QKNorm(wq, wk, eps, R, base)
+
+    def separate():
+        q, kr = attention.qk_norm_rope(qg, k, norm, mx.array([n - 1]), H, Hkv)
+        return list(attention.decode_attention(q, kr, v, kc, vc, filled, qg, D**-0.5))
     fused = _run(tmp_path / "fused", lambda: list(attention.decode_attention(None, k, v, kc, vc, filled, qg, D**-0.5,
                                                                              norm)))
     for name, a, b in zip(("out", "k buffer", "v buffer"), fused, _run(tmp_path / "separate", separate), strict=True):
@@ -212,7 +212,7 @@ def test_cuda_qk_norm_rope_matches_mlx_norm_and_rope(tmp_path, monkeypatch, T, p
     qg, k = (mx.array(rng.normal(size=(2, T, n * D)).astype(np.float32) * 3).astype(dtype) for n in (2 * H, Hkv))
     wq, wk = (mx.array(rng.uniform(0.5, 1.5, D).astype(np.float32)).astype(dtype) for _ in range(2))
     pos = mx.array([position])
-    got = _run(tmp_path, lambda: attention.qk_norm_rope(qg, k, wq, wk, eps, R, base, pos, H, Hkv))
+    got = _run(tmp_path, lambda: attention.qk_norm_rope(qg, k, attention.QKNorm(wq, wk, eps, R, base), pos, H, Hkv))
     rope = nn.RoPE(R, traditional=False, base=base)
     q = mx.split(qg.reshape(2, T, H, 2 * D), 2, axis=-1)[0]
     want = [rope(mx.fast.rms_norm(x, w, eps).transpose(0, 2, 1, 3), offset=position)
