@@ -182,7 +182,13 @@ def test_the_fused_qk_norm_rope_is_wired_to_its_contract(checkpoint, monkeypatch
         return (rope(mx.fast.rms_norm(q, wq, eps).transpose(0, 2, 1, 3)),
                 rope(mx.fast.rms_norm(k.reshape(B, T, n_kv_heads, D), wk, eps).transpose(0, 2, 1, 3)))
 
+    def unfused_decode(q, k, v, k_cache, v_cache, n_keys, qg, scale, norm=None):
+        # the decode kernel's own norms / RoPE (PREP) off, so that decode too goes through qk_norm_rope
+        return None if norm is not None else decode_attention(q, k, v, k_cache, v_cache, n_keys, qg, scale)
+
+    decode_attention = model_module.decode_attention
     monkeypatch.setattr(model_module, "qk_norm_rope", contract)
+    monkeypatch.setattr(model_module, "decode_attention", unfused_decode)
     test_compiled_decode_matches_transformers_across_buffer_growth(checkpoint)
     assert {"int", "array"} <= set(calls), set(calls)
 
