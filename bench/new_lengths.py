@@ -3,27 +3,24 @@
 the first request's and the repeat's prefill (first token) and second-token gap. A repeat that is much faster
 means something was set up for that length on first use (a cuBLAS plan, a CUDA graph, a compiled decode trace
 for a new KV buffer length); lengths in one 64-row bucket / 1024-token KV buffer share most of it, so list
-neighbours to tell them apart. Also prints the warm-up's time.
+neighbours to tell them apart. Also prints the warm-up's time and that of its later parts (the prefill at each row
+bucket, the head's rows, the decode step's KV lengths), which exist to make a first request cost what a repeat does.
 
 Usage: python bench/new_lengths.py [--model demo-0.8b] [--lengths 300,301,1000,1001,2100,2101,5000,9000]
-                                   [--warm-buckets]
-  --warm-buckets: after the warm-up, also prefill one prompt in every GEMM row bucket of a prefill step (NVIDIA
-  GPUs; bucket - 1 tokens, padded as most lengths are), printing what that costs in time and host memory: whether
-  warming each bucket's whole prefill (its CUDA graphs, not only its GEMM plans) removes a new length's cost.
-  (`tools/device-checks.sh lengths` runs it with CUDA graphs and without, and with --warm-buckets)
+  (`tools/device-checks.sh lengths` runs it with CUDA graphs and without)
 """
 
 from __future__ import annotations
 
 import argparse
-import resource
 import time
 
 import mlx.core as mx
 
+import engine.engine as engine_module
 from engine.backend import configure_long_running
 from engine.engine import Engine
-from engine.generate import PrefillOptions, prefill
+from engine.generate import PrefillOptions
 from engine.sampling import SamplingParams
 
 
@@ -32,17 +29,16 @@ def main() -> None:
     parser.add_argument("--model", default="demo-0.8b")
     parser.add_argument("--lengths", default="300,301,1000,1001,2100,2101,5000,9000")
     parser.add_argument("--tokens", type=int, default=4, help="tokens generated per request")
-    parser.add_argument("--warm-buckets", action="store_true", help="prefill once in every row bucket first")
     args = parser.parse_args()
     if args.tokens < 3:
         parser.error("--tokens: at least 3 (a prefill, a second token, later ones)")
     configure_long_running()
     engine = Engine.load(args.model, prefill=PrefillOptions("chunked"))
+    parts = time_warm_up_parts()
     t0 = time.perf_counter()
     engine.warm_up()
-    print(f"{args.model} on {mx.default_device()}: warm-up {time.perf_counter() - t0:.2f} s")
-    if args.warm_buckets:
-        warm_buckets(engine)
+    print(f"{args.model} on {mx.default_device()}: warm-up {time.perf_counter() - t0:.2f} s (of which "
+          + ", ".join(f"{name} {s:.2f} s" for name, s in parts.items()) + ")")
     print("ms, first request / repeat (another prompt of the same length)")
     print("| tokens | prefill (1st token) | 2nd token | later tokens (median) |")
     print("|---:|---:|---:|---:|")
@@ -59,17 +55,24 @@ def main() -> None:
         print(f"| {n} | " + " | ".join(f"{a:.2f} / {b:.2f}" for a, b in zip(*runs, strict=True)) + " |")
 
 
-def warm_buckets(engine: Engine) -> None:
-    """One prefill in each row bucket of a step (none without a bucket: the CPU's, Metal's), timed, with the
-    process's peak host memory before and after."""
-    bucket, p = engine.model.model.row_bucket, engine.info.prefill
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    t0, lengths = time.perf_counter(), range(bucket - 1, p.step_size, bucket) if bucket else ()
-    for n in lengths:
-        cache = engine.model.make_cache()
-        mx.eval(prefill(engine.model, mx.array([[i % 97 + 1 for i in range(n)]]), cache, p))
-    print(f"bucket warm-up: {len(lengths)} prefills in {time.perf_counter() - t0:.2f} s; peak host memory "
-          f"{rss:.0f} -> {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
+def time_warm_up_parts() -> dict[str, float]:
+    """Seconds `Engine.warm_up` spends in each of its later parts (a prefill at each row bucket, the scoring
+    head's rows, the decode step's KV lengths), filled in as it runs: the parts are wrapped where the engine
+    module looks them up."""
+    parts: dict[str, float] = {}
+
+    def timed(name: str, fn):
+        def run(*args, **kw):
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kw)
+            finally:
+                parts[name] = parts.get(name, 0.0) + time.perf_counter() - t0
+        return run
+
+    for name in ("warm_prefill_buckets", "warm_head_rows", "warm_decode_lengths"):
+        setattr(engine_module, name, timed(name, getattr(engine_module, name)))
+    return parts
 
 
 if __name__ == "__main__":

@@ -361,6 +361,24 @@ def head_rows(model: Model, h: mx.array) -> mx.array:
     return model.head(h) if rows == n else model.head(pad_rows(h[None], rows)[0])[:n]
 
 
+def warm_prefill_buckets(model: Model, options: PrefillOptions, steps: int = 2) -> int:
+    """Prefill once at every bucketed row count (TextModel.row_bucket; nothing without one) of a prompt's first
+    step and, with `steps` = 2, of its second (a filled KV cache, a GDN state carried in): the first prompt of a
+    new bucket otherwise waits 5-11 ms on an H200 while MLX instantiates CUDA graphs for the step's new kernel
+    topology (cuBLAS picks other GEMM kernels at other row counts; docs/BENCHMARKS.md, thirteenth pass). Each
+    prompt is one token short of its bucket, padded as most lengths are. Returns how many prompts ran."""
+    bucket, step = model.model.row_bucket, options.step_size
+    if not bucket:
+        return 0
+    lengths = [s * step + rows - 1 for s in range(steps) for rows in range(bucket, step + 1, bucket)]
+    V = model.args.vocab_size
+    for n in lengths:
+        cache = model.make_cache()
+        logits = prefill(model, mx.array([[(7 * i + 1) % V for i in range(n)]]), cache, options)
+        mx.eval(logits, cache_arrays(cache))
+    return len(lengths)
+
+
 def warm_head_rows(model: Model) -> None:
     """The head at every bucketed row count of a scoring slice (nothing without a bucket)."""
     bucket = model.model.row_bucket

@@ -26,8 +26,7 @@
 #   bash tools/device-checks.sh ab-kernels # bench/gpu_kernels.py (ours vs fla, whole core) in exp/base and this tree,
 #                                        # alternating, 4096 / 16384 tokens
 #   bash tools/device-checks.sh lengths  # what a new prompt length costs its first request (prefill, 2nd token),
-#                                        # with CUDA graphs, without, and with every row bucket's prefill warmed
-#                                        # (bench/new_lengths.py)
+#                                        # with CUDA graphs and without (bench/new_lengths.py)
 #   bash tools/device-checks.sh ab       # GDN kernel phases of a base tree (exp/base: `git archive main | tar -x -C
 #                                        # exp/base`, carried untracked) against this tree's, alternating, one call
 set -uo pipefail
@@ -119,10 +118,9 @@ case "${1:?part: e2e, gates, kernels or tiles}" in
       | python3 bench/ncu_sum.py 2>/dev/null | head -40 | tee "$out/layers-ncu-4096.txt"
     ;;
   lengths)
-    for run in "1" "0" "1 --warm-buckets"; do  # MLX_USE_CUDA_GRAPHS, then the script's options
-      read -r graphs opts <<< "$run"
-      echo "== MLX_USE_CUDA_GRAPHS=$graphs $opts"
-      MLX_USE_CUDA_GRAPHS=$graphs timeout 180 python3 bench/new_lengths.py $opts 2>&1 | grep -v -i "warn\|loading"
+    for graphs in 1 0; do
+      echo "== MLX_USE_CUDA_GRAPHS=$graphs"
+      MLX_USE_CUDA_GRAPHS=$graphs timeout 180 python3 bench/new_lengths.py 2>&1 | grep -v -i "warn\|loading"
     done 2>&1 | tee "$out/lengths.txt"
     ;;
   ab)

@@ -19,7 +19,8 @@ def _run(*extra: str) -> subprocess.CompletedProcess:
 def test_prints_first_and_repeat_times_per_length():
     r = _run("--lengths", "20,33", "--tokens", "4")
     assert r.returncode == 0, r.stderr[-3000:]
-    assert re.search(r"warm-up \d+\.\d+ s", r.stdout), r.stdout
+    assert re.search(r"warm-up \d+\.\d+ s \(of which warm_prefill_buckets \d+\.\d+ s, warm_head_rows \d+\.\d+ s",
+                     r.stdout), r.stdout
     rows = re.findall(r"^\| (\d+) \|(.*)\|$", r.stdout, re.M)
     assert [int(n) for n, _ in rows] == [20, 33], r.stdout
     for _, cells in rows:
@@ -30,9 +31,3 @@ def test_prints_first_and_repeat_times_per_length():
 def test_too_few_tokens_is_a_usage_error():
     r = _run("--tokens", "2")
     assert r.returncode == 2 and "at least 3" in r.stderr
-
-
-def test_warm_buckets_reports_its_prefills_none_without_a_row_bucket():
-    r = _run("--lengths", "20", "--tokens", "3", "--warm-buckets")
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert re.search(r"bucket warm-up: 0 prefills in \d+\.\d+ s; peak host memory \d+ -> \d+ MB", r.stdout), r.stdout

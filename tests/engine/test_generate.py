@@ -115,19 +115,50 @@ def test_warm_up_covers_a_two_step_prompt_on_a_gpu(demo_engine, monkeypatch, bac
     monkeypatch.setattr(demo_engine, "generate", lambda prompt, params, on_step=None: seen.append(len(prompt)) or [])
     monkeypatch.setattr(demo_engine, "score", lambda *a, **k: None)
     warmed = []
-    monkeypatch.setattr("engine.engine.warm_row_buckets", lambda *args: warmed.append(args))
+    monkeypatch.setattr("engine.engine.warm_prefill_buckets", lambda *args: warmed.append(args))
     monkeypatch.setattr("engine.engine.warm_head_rows", lambda model: warmed.append(model))
     monkeypatch.setattr("engine.engine.warm_decode_lengths", lambda model, cache, token: warmed.append(
         [c.offset for c in cache if isinstance(c, KVCache)] + list(token.shape)))
     demo_engine.warm_up()
     p = demo_engine.info.prefill
-    # the GEMM row counts of a step, at the model's bucket (none on a CPU); on a GPU the decode step's buffer
-    # lengths from a prefilled two-token prompt's cache and its next token
+    # each row bucket of a step with the engine's prefill options, the head's (both do nothing without a bucket,
+    # as on a CPU); then, on a GPU, the decode step's buffer lengths from a prefilled two-token prompt's cache and
+    # its next token
     assert warmed == [
-        *([] if backend == "cpu" else [[2] * sum(not layer.is_linear for layer in demo_engine.model.layers) + [1]]),
-        (demo_engine.model.layers, p.step_size, demo_engine.model.model.row_bucket), demo_engine.model]
+        (demo_engine.model, p), demo_engine.model,
+        *([] if backend == "cpu" else [[2] * sum(not layer.is_linear for layer in demo_engine.model.layers) + [1]])]
     long = [n for n in seen if n > p.step_size]
     assert max(seen) < p.step_size if backend == "cpu" else long == [p.step_size + max(p.min_chunked_tokens, 2)]
+
+
+def test_the_warm_up_prefills_each_row_bucket_of_a_first_and_a_second_step(tmp_path, monkeypatch):
+    """`warm_prefill_buckets` prefills, each from a fresh cache and with the given options, one prompt a bucketed
+    row count of a step: as a prompt's first step and, after a whole step, as its second (a filled KV cache); the
+    prompts one token short of their bucket (padded, as most lengths are). Nothing without a bucket."""
+    from engine.generate import warm_prefill_buckets
+
+    make_checkpoint(tmp_path, seed=4, linear_num_value_heads=4)
+    model = load_model(tmp_path, mx.float32)
+    options = PrefillOptions("chunked", step_size=48, min_chunked_tokens=8)
+    steps = []  # (tokens of a step, the KV cache's offset before it, its GDN path)
+    real = model.hidden
+
+    def hidden(tokens, cache, submit_every=0):
+        kv = next(c for c in cache if isinstance(c, KVCache))
+        gdn = next(c for c in cache if not isinstance(c, KVCache))
+        steps.append((tokens.shape[1], kv.offset, gdn.method))
+        return real(tokens, cache, submit_every)
+
+    monkeypatch.setattr(model, "hidden", hidden)
+    model.model.row_bucket = 0
+    assert warm_prefill_buckets(model, options) == 0 and steps == []
+    model.model.row_bucket = 16
+    assert warm_prefill_buckets(model, options) == 6
+    assert steps == [(15, 0, "chunked"), (31, 0, "chunked"), (47, 0, "chunked"),
+                     (48, 0, "chunked"), (15, 48, "chunked"), (48, 0, "chunked"), (31, 48, "chunked"),
+                     (48, 0, "chunked"), (47, 48, "chunked")]
+    steps.clear()
+    assert warm_prefill_buckets(model, options, steps=1) == 3 and [s for s, _, _ in steps] == [15, 31, 47]
 
 
 def test_the_head_is_warmed_at_each_bucketed_row_count_of_a_scoring_slice(tmp_path, monkeypatch):
