@@ -366,11 +366,13 @@ def warm_prefill_buckets(model: Model, options: PrefillOptions, steps: int = 2) 
     step and, with `steps` = 2, of its second (a filled KV cache, a GDN state carried in): the first prompt of a
     new bucket otherwise waits 5-11 ms on an H200 while MLX instantiates CUDA graphs for the step's new kernel
     topology (cuBLAS picks other GEMM kernels at other row counts; docs/BENCHMARKS.md, thirteenth pass). Each
-    prompt is one token short of its bucket, padded as most lengths are. Returns how many prompts ran."""
-    bucket, step = model.model.row_bucket, options.step_size
+    prompt is one token short of its bucket, padded as most lengths are, and none is longer than the model's
+    context. Returns how many prompts ran."""
+    bucket, step, context = model.model.row_bucket, options.step_size, model.args.max_position_embeddings
     if not bucket:
         return 0
-    lengths = [s * step + rows - 1 for s in range(steps) for rows in range(bucket, step + 1, bucket)]
+    lengths = [n for s in range(steps) for rows in range(bucket, step + 1, bucket)
+               if (n := s * step + rows - 1) <= context]
     V = model.args.vocab_size
     for n in lengths:
         cache = model.make_cache()

@@ -134,7 +134,8 @@ def test_warm_up_covers_a_two_step_prompt_on_a_gpu(demo_engine, monkeypatch, bac
 def test_the_warm_up_prefills_each_row_bucket_of_a_first_and_a_second_step(tmp_path, monkeypatch):
     """`warm_prefill_buckets` prefills, each from a fresh cache and with the given options, one prompt a bucketed
     row count of a step: as a prompt's first step and, after a whole step, as its second (a filled KV cache); the
-    prompts one token short of their bucket (padded, as most lengths are). Nothing without a bucket."""
+    prompts one token short of their bucket (padded, as most lengths are), none longer than the model's context.
+    Nothing without a bucket."""
     from engine.generate import warm_prefill_buckets
 
     make_checkpoint(tmp_path, seed=4, linear_num_value_heads=4)
@@ -159,6 +160,9 @@ def test_the_warm_up_prefills_each_row_bucket_of_a_first_and_a_second_step(tmp_p
                      (48, 0, "chunked"), (47, 48, "chunked")]
     steps.clear()
     assert warm_prefill_buckets(model, options, steps=1) == 3 and [s for s, _, _ in steps] == [15, 31, 47]
+    steps.clear()
+    model.args.max_position_embeddings = 63  # no prompt longer than the model's context
+    assert warm_prefill_buckets(model, options) == 4 and [s for s, o, _ in steps if not o] == [15, 31, 47, 48]
 
 
 def test_the_head_is_warmed_at_each_bucketed_row_count_of_a_scoring_slice(tmp_path, monkeypatch):
