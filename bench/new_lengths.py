@@ -3,8 +3,9 @@
 the first request's and the repeat's prefill (first token) and second-token gap. A repeat that is much faster
 means something was set up for that length on first use (a cuBLAS plan, a CUDA graph, a compiled decode trace
 for a new KV buffer length); lengths in one 64-row bucket / 1024-token KV buffer share most of it, so list
-neighbours to tell them apart. Also prints the warm-up's time and that of its later parts (the prefill at each row
-bucket, the head's rows, the decode step's KV lengths), which exist to make a first request cost what a repeat does.
+neighbours to tell them apart. Also prints the warm-up's time and that of its later parts (the GEMMs and a
+prefill at each row bucket, the head's rows, the decode step's KV lengths), which exist to make a first request
+cost what a repeat does.
 
 Usage: python bench/new_lengths.py [--model demo-0.8b] [--lengths 300,301,1000,1001,2100,2101,5000,9000]
   (`tools/device-checks.sh lengths` runs it with CUDA graphs and without)
@@ -56,8 +57,8 @@ def main() -> None:
 
 
 def time_warm_up_parts() -> dict[str, float]:
-    """Seconds `Engine.warm_up` spends in each of its later parts (a prefill at each row bucket, the scoring
-    head's rows, the decode step's KV lengths), filled in as it runs: the parts are wrapped where the engine
+    """Seconds `Engine.warm_up` spends in each of its later parts (the GEMMs and a prefill at each row bucket, the
+    scoring head's rows, the decode step's KV lengths), filled in as it runs: the parts are wrapped where the engine
     module looks them up."""
     parts: dict[str, float] = {}
 
@@ -70,7 +71,7 @@ def time_warm_up_parts() -> dict[str, float]:
                 parts[name] = parts.get(name, 0.0) + time.perf_counter() - t0
         return run
 
-    for name in ("warm_prefill_buckets", "warm_head_rows", "warm_decode_lengths"):
+    for name in ("warm_row_buckets", "warm_prefill_buckets", "warm_head_rows", "warm_decode_lengths"):
         setattr(engine_module, name, timed(name, getattr(engine_module, name)))
     return parts
 

@@ -29,7 +29,7 @@ from engine.generate import (
     warm_prefill_buckets,
 )
 from engine.loading import load_model, resolve_model_path
-from engine.model import Model
+from engine.model import Model, warm_row_buckets
 from engine.sampling import SamplingParams
 from engine.tokenizer import Tokenizer
 from kernels import attention, implementation
@@ -114,10 +114,11 @@ class Engine:
         a few decode steps, sampling and scoring. On a GPU also a prompt of two prefill steps (a step submitted in
         parts, the KV cache grown between steps, attention against a filled cache), so a long first prompt does
         not wait for kernel compilation (NVRTC on CUDA); on the CPU nothing is compiled and that would cost seconds.
-        Then, where a prefill step's rows are bucketed (NVIDIA GPUs), a prompt at each bucket of a first and a
-        second step: a prompt of a new length does not wait for cuBLAS to plan its GEMMs or for MLX to set up
-        CUDA graphs. On a GPU also the compiled decode step at every KV buffer length of a common context, so a
-        request's second token does not wait for a trace."""
+        Then, where a prefill step's rows are bucketed (NVIDIA GPUs), the layers' GEMMs at each bucket and, on
+        the chunked path, a prompt at each bucket of a first and a second step: a prompt of a new length does not
+        wait for cuBLAS to plan its GEMMs or (chunked) for MLX to set up CUDA graphs. On a GPU also the compiled
+        decode step at every KV buffer length of a common context, so a request's second token does not wait for a
+        trace."""
         p = self.info.prefill
         chunked = max(p.min_chunked_tokens, 2)  # the shortest prompt on the chunked path
         lengths = {1, 2, chunked}
@@ -128,9 +129,13 @@ class Engine:
             for _ in self.generate(prompt, SamplingParams(max_tokens=3, temperature=1.0, seed=0, logprobs=2)):
                 pass
         self.score([1, 2, 3], top_k=2)
-        # every bucketed row count of a prompt's first two prefill steps and of a scoring slice's head (NVIDIA
-        # GPUs: see engine.model.TextModel; else none)
-        warm_prefill_buckets(self.model, p)
+        # every bucketed GEMM row count of a prefill step and of a scoring slice's head (NVIDIA GPUs: see
+        # engine.model.TextModel; else none); on the chunked path also a prefill at each of a prompt's first two
+        # steps (~4 s on an H200). Not on the serial path: there those prompts would take ~23 s (serial prefill runs
+        # at ~1/7 of the chunked speed), so its first request at a new bucket still pays MLX's CUDA-graph set-up.
+        warm_row_buckets(self.model.layers, p.step_size, self.model.model.row_bucket)
+        if p.method_for(p.step_size) == "chunked":
+            warm_prefill_buckets(self.model, p)
         warm_head_rows(self.model)
         if self.info.backend != "cpu":  # last: the decode step's CUDA graphs are then the graph cache's newest
             cache = self.model.make_cache()

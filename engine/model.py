@@ -130,6 +130,23 @@ def hold_weight_views(model: nn.Module) -> None:
             m.hold_weight_view()
 
 
+def warm_row_buckets(layers: list[nn.Module], max_rows: int, bucket: int) -> int:
+    """Multiply once by every distinct weight of `layers`' Linears at every multiple of `bucket` rows up to
+    `max_rows` (a prefill step; see TextModel.row_bucket), so no prompt length meets a GEMM shape cuBLAS has not
+    planned; the products run (0 without a bucket)."""
+    shapes = {}
+    for layer in layers:
+        for _, m in layer.named_modules():
+            if isinstance(m, Linear):
+                shapes.setdefault((tuple(m.weight.shape), m.weight.dtype, "bias" in m), m)
+    runs = 0
+    for m in shapes.values() if bucket else ():
+        for rows in range(bucket, max_rows + bucket, bucket):
+            mx.eval(m(mx.zeros((1, rows, m.weight.shape[1]), m.weight.dtype)))
+            runs += 1
+    return runs
+
+
 def bucketed(rows: int, bucket: int) -> int:
     """`rows` rounded up to a multiple of `bucket` (0: no bucket, `rows` as they are)."""
     return rows + -rows % bucket if bucket else rows
@@ -438,7 +455,8 @@ class TextModel(nn.Module):
     returns the first T rows. cuBLAS, under MLX's CUDA matmul, plans a GEMM the first time it meets a shape,
     synchronously: 2-4 ms for each weight at each new row count on an H200, ~20 ms a prefill for every prompt of
     a length not seen before (docs/BENCHMARKS.md, eleventh pass). Bucketed, the row counts are few enough for
-    the warm-up to prefill at each of them (`engine.generate.warm_prefill_buckets`)."""
+    the warm-up to plan them all (`warm_row_buckets`) and, where prefill is fast enough, to prefill at each
+    (`engine.generate.warm_prefill_buckets`)."""
 
     def __init__(self, args: ModelArgs):
         super().__init__()

@@ -19,7 +19,8 @@ def _run(*extra: str) -> subprocess.CompletedProcess:
 def test_prints_first_and_repeat_times_per_length():
     r = _run("--lengths", "20,33", "--tokens", "4")
     assert r.returncode == 0, r.stderr[-3000:]
-    assert re.search(r"warm-up \d+\.\d+ s \(of which warm_prefill_buckets \d+\.\d+ s, warm_head_rows \d+\.\d+ s",
+    assert re.search(r"warm-up \d+\.\d+ s \(of which warm_row_buckets \d+\.\d+ s, warm_prefill_buckets \d+\.\d+ s, "
+                     r"warm_head_rows \d+\.\d+ s",
                      r.stdout), r.stdout
     rows = re.findall(r"^\| (\d+) \|(.*)\|$", r.stdout, re.M)
     assert [int(n) for n, _ in rows] == [20, 33], r.stdout

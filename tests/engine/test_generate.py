@@ -106,26 +106,31 @@ def test_prompt_scores_match_transformers_log_softmax(tmp_path, bucket):
     assert scores.greedy_next == int(ref[-1].argmax())
 
 
+@pytest.mark.parametrize("method", ["serial", "chunked"])
 @pytest.mark.parametrize("backend", ["cpu", "cuda"])
-def test_warm_up_covers_a_two_step_prompt_on_a_gpu(demo_engine, monkeypatch, backend):
+def test_warm_up_covers_a_two_step_prompt_on_a_gpu(demo_engine, monkeypatch, backend, method):
     """A GPU's warm-up also runs a prompt of two prefill steps (kernels compiled before a long first request);
     the CPU's stays short (nothing to compile, and a long prompt costs seconds there)."""
     seen = []
     monkeypatch.setattr(demo_engine.info, "backend", backend)
+    monkeypatch.setattr(demo_engine.info.prefill, "method", method)
     monkeypatch.setattr(demo_engine, "generate", lambda prompt, params, on_step=None: seen.append(len(prompt)) or [])
     monkeypatch.setattr(demo_engine, "score", lambda *a, **k: None)
     warmed = []
+    monkeypatch.setattr("engine.engine.warm_row_buckets", lambda *args: warmed.append(args))
     monkeypatch.setattr("engine.engine.warm_prefill_buckets", lambda *args: warmed.append(args))
     monkeypatch.setattr("engine.engine.warm_head_rows", lambda model: warmed.append(model))
     monkeypatch.setattr("engine.engine.warm_decode_lengths", lambda model, cache, token: warmed.append(
         [c.offset for c in cache if isinstance(c, KVCache)] + list(token.shape)))
     demo_engine.warm_up()
     p = demo_engine.info.prefill
-    # each row bucket of a step with the engine's prefill options, the head's (both do nothing without a bucket,
-    # as on a CPU); then, on a GPU, the decode step's buffer lengths from a prefilled two-token prompt's cache and
-    # its next token
+    # the GEMMs at each row bucket of a step, a prefill at each with the engine's prefill options where that is
+    # chunked, the head's rows (all nothing without a bucket, as on a CPU); then, on a GPU, the decode step's buffer
+    # lengths from a prefilled two-token prompt's cache and its next token
+    chunked = p.method_for(p.step_size) == "chunked"
     assert warmed == [
-        (demo_engine.model, p), demo_engine.model,
+        (demo_engine.model.layers, p.step_size, demo_engine.model.model.row_bucket),
+        *([(demo_engine.model, p)] if chunked else []), demo_engine.model,
         *([] if backend == "cpu" else [[2] * sum(not layer.is_linear for layer in demo_engine.model.layers) + [1]])]
     long = [n for n in seen if n > p.step_size]
     assert max(seen) < p.step_size if backend == "cpu" else long == [p.step_size + max(p.min_chunked_tokens, 2)]

@@ -104,6 +104,27 @@ def test_the_loader_buckets_prefill_rows_and_coarsens_kv_growth_on_nvidia_gpus_o
         assert {c.step for c in model.make_cache() if isinstance(c, KVCache)} == {step}, backend
 
 
+def test_warm_up_multiplies_each_layer_weight_at_each_bucketed_row_count(tmp_path, monkeypatch):
+    """`warm_row_buckets` runs every distinct weight shape of the layers' Linears (not the head) at every multiple
+    of the bucket up to a prefill step, each once; without a bucket nothing."""
+    from engine.loading import load_model
+    from engine.model import warm_row_buckets
+    from tests.engine.hf_checkpoints import make_checkpoint
+
+    make_checkpoint(tmp_path, seed=2)
+    model = load_model(tmp_path, mx.float32)
+    calls = []
+    real = Linear.__call__
+    monkeypatch.setattr(Linear, "__call__", lambda self, x: calls.append((self.weight.shape, x.shape)) or real(self, x))
+    assert warm_row_buckets(model.layers, 40, 0) == 0 and calls == []
+    runs = warm_row_buckets(model.layers, 40, 16)
+    weights = {tuple(m.weight.shape) for layer in model.layers for _, m in layer.named_modules()
+               if isinstance(m, Linear)}
+    assert sorted((tuple(w), x) for w, x in calls) == sorted((w, (1, rows, w[1])) for w in weights
+                                                              for rows in (16, 32, 48))
+    assert runs == len(calls)
+
+
 @pytest.mark.parametrize("fuse", [True, False], ids=["fused", "unfused"])
 @pytest.mark.parametrize("method", ["serial", "chunked"])
 @pytest.mark.parametrize("T", [2, 63, 64, 70], ids=lambda t: f"T{t}")
