@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Iterable
@@ -78,6 +79,31 @@ class Tokenizer:
         """Text of one token as the OpenAI logprobs fields show it."""
         return self.hf.decode([token], skip_special_tokens=False)
 
+    def token_bytes(self, token: int) -> bytes:
+        """The bytes one token stands for (OpenAI's logprobs `bytes`: concatenated over a response they give its
+        UTF-8). A byte-level BPE token may hold part of a character, whose text alone is U+FFFD, so its piece is
+        mapped back through the byte-level alphabet; added tokens and other tokenizers give their text's UTF-8."""
+        piece = self.hf.convert_ids_to_tokens(token) if self._byte_decoder else None
+        if piece is not None and token not in self.hf.added_tokens_decoder:
+            try:
+                return bytes(self._byte_decoder[c] for c in piece)
+            except KeyError:  # not a byte-level piece after all
+                pass
+        return self.token_text(token).encode("utf-8")
+
+    @functools.cached_property
+    def _byte_decoder(self) -> dict[str, int]:
+        """Byte-level alphabet character -> byte, where the tokenizer decodes byte-level (GPT-2 style, as Qwen's
+        does); else empty."""
+        backend = getattr(self.hf, "backend_tokenizer", None)
+        if backend is None or "ByteLevel" not in repr(backend.decoder):
+            return {}
+        try:
+            from transformers.convert_slow_tokenizer import bytes_to_unicode
+        except ImportError:  # moved in a later transformers: fall back to each token's text
+            return {}
+        return {c: b for b, c in bytes_to_unicode().items()}
+
     def detokenizer(self) -> StreamingDetokenizer:
         return StreamingDetokenizer(self)
 
@@ -101,8 +127,9 @@ class StreamingDetokenizer:
         self.tokens.append(token)
         prefix = self.tokenizer.decode(self.tokens[self.prefix_offset : self.read_offset])
         full = self.tokenizer.decode(self.tokens[self.prefix_offset :])
-        held = len(self.tokens) - self.read_offset
-        # A character spans at most 4 byte tokens: past that the U+FFFD is real (invalid bytes), emit it.
+        # A character spans at most 4 byte tokens: past that the U+FFFD is real (invalid bytes), emit it. Tokens
+        # that stand for no bytes (ids past the tokenizer's vocabulary, in a model's padded embedding) do not count.
+        held = sum(1 for t in self.tokens[self.read_offset :] if self.tokenizer.token_bytes(t))
         if len(full) > len(prefix) and (not full.endswith("\ufffd") or held > 4):
             new = full[len(prefix) :]
             self.prefix_offset, self.read_offset = self.read_offset, len(self.tokens)

@@ -56,8 +56,9 @@ def completion_logprobs(state: AppState, prompt: list[int] | None, scores: Score
 
 def chat_logprobs(state: AppState, results: list[GenerationResult]) -> list[TokenLogprob]:
     def top(t: int, lp: float) -> TopLogprob:
-        text = token_text(state, t)
-        return TopLogprob(token=text, logprob=lp, bytes=list(text.encode("utf-8")))
+        with state.tokenizer_lock:
+            text, raw = state.tokenizer.token_text(t), state.tokenizer.token_bytes(t)
+        return TopLogprob(token=text, logprob=lp, bytes=list(raw))
 
     return [TokenLogprob(**top(r.token, r.logprob).model_dump(), top_logprobs=[top(t, lp) for t, lp in r.top_logprobs])
             for r in results]

@@ -45,6 +45,27 @@ def test_chat_completion_and_logprobs(server):
     assert r.usage.total_tokens == r.usage.prompt_tokens + 5
 
 
+def test_chat_logprob_bytes_give_the_content(server):
+    """Each token's `bytes` are its own, also for a token holding part of a character (its `token` text alone is
+    U+FFFD): over a response, streamed or not, they decode to its content (the demo model's random weights emit
+    such split characters and invalid bytes in most samples)."""
+    split = 0
+    for seed in range(8):
+        kw = dict(model="demo", messages=[{"role": "user", "content": "Hi"}], max_completion_tokens=16, seed=seed,
+                  temperature=1.0, logprobs=True, top_logprobs=1, extra_body={"ignore_eos": True})
+        if seed % 2:
+            chunks = list(client(server).chat.completions.create(stream=True, **kw))
+            tokens = [t for c in chunks if c.choices and c.choices[0].logprobs for t in c.choices[0].logprobs.content]
+            content = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        else:
+            r = client(server).chat.completions.create(**kw)
+            tokens, content = r.choices[0].logprobs.content, r.choices[0].message.content
+        assert len(tokens) == 16
+        assert b"".join(bytes(t.bytes) for t in tokens).decode("utf-8", errors="replace") == content
+        split += sum(t.token == "\ufffd" and bytes(t.bytes) not in (b"", "\ufffd".encode()) for t in tokens)
+    assert split > 0  # the case above was met
+
+
 def test_streaming_chat_with_usage(server):
     stream = client(server).chat.completions.create(
         model="demo", messages=[{"role": "user", "content": "Hi"}], max_tokens=7, stream=True, seed=3,
