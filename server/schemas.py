@@ -29,7 +29,8 @@ class _Sampling(BaseModel):
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     logit_bias: dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]] | None = None
     max_tokens: NonNegInt | None = None
-    n: int = Field(1, ge=1, description="only 1 is supported")
+    n: int = Field(1, ge=1, le=16, description="choices per prompt, each sampled on its own (with a seed: seed, "
+                                              "seed + 1, ...); 1 when streamed")
     presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     seed: int | None = None
     stop: str | list[str] | None = Field(None, description="up to 16 stop strings, matched on text and removed")
@@ -48,14 +49,16 @@ class _Sampling(BaseModel):
     def stops(self) -> list[str]:
         return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
 
-    def to_sampling_params(self, max_tokens: int, logprobs: int | None) -> SamplingParams:
+    def to_sampling_params(self, max_tokens: int, logprobs: int | None, choice: int = 0) -> SamplingParams:
+        """The engine's parameters for choice `choice` of `n` (its seed offset by the choice: the n choices differ,
+        and the first is what n = 1 gives)."""
         return SamplingParams(
             max_tokens=max_tokens,
             temperature=self.temperature,
             top_p=self.top_p,
             top_k=self.top_k,
             min_p=self.min_p,
-            seed=self.seed,
+            seed=None if self.seed is None else self.seed + choice,
             stop=self.stops(),
             stop_token_ids=list(self.stop_token_ids),
             ignore_eos=self.ignore_eos,

@@ -32,21 +32,27 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request):
     check_ids(state, prompt)
     requested = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
     top = (body.top_logprobs or 0) if body.logprobs else None
-    params = body.to_sampling_params(resolve_max_tokens(state, len(prompt), requested), top)
-    run = EngineRun(state, endpoint="/v1/chat/completions", response_id=new_id("chatcmpl"),
-                    request_id=request_id(request), received=received(request), prompt=prompt, params=params)
-    splitter = ReasoningSplitter(opens_reasoning(state, prompt))
+    max_tokens = resolve_max_tokens(state, len(prompt), requested)
+    response_id = new_id("chatcmpl")
+    # one engine job a choice (n > 1: each its own sample and timing record, ids after the first suffixed)
+    runs = [EngineRun(state, endpoint="/v1/chat/completions", response_id=f"{response_id}-{j}" if j else response_id,
+                      request_id=request_id(request), received=received(request), prompt=prompt,
+                      params=body.to_sampling_params(max_tokens, top, j)) for j in range(body.n)]
+    opens = opens_reasoning(state, prompt)
     if body.stream:
-        return StreamingResponse(_stream(state, body, run.submit(), splitter), media_type="text/event-stream",
-                                 headers=SSE_HEADERS)
-    results = await collect(run.submit(), request)
-    reasoning, content, n_reasoning = _split(splitter, results)
-    message = AssistantMessage(content=content, reasoning_content=reasoning or None)
-    logprobs = ChatLogprobs(content=chat_logprobs(state, results)) if body.logprobs else None
-    choice = ChatChoice(index=0, message=message, logprobs=logprobs, finish_reason=run.finish_reason)
-    return ChatCompletionResponse(id=run.response_id, created=int(time.time()), model=state.settings.model_id,
-                                  choices=[choice], usage=usage(len(prompt), len(results), n_reasoning),
-                                  timings=run.timings())
+        return StreamingResponse(_stream(state, body, runs[0].submit(), ReasoningSplitter(opens)),
+                                 media_type="text/event-stream", headers=SSE_HEADERS)
+    choices, n_generated, n_reasoning = [], 0, 0
+    for j, run in enumerate(runs):
+        results = await collect(run.submit(), request)
+        reasoning, content, reasoning_tokens = _split(ReasoningSplitter(opens), results)
+        message = AssistantMessage(content=content, reasoning_content=reasoning or None)
+        logprobs = ChatLogprobs(content=chat_logprobs(state, results)) if body.logprobs else None
+        choices.append(ChatChoice(index=j, message=message, logprobs=logprobs, finish_reason=run.finish_reason))
+        n_generated, n_reasoning = n_generated + len(results), n_reasoning + reasoning_tokens
+    return ChatCompletionResponse(id=response_id, created=int(time.time()), model=state.settings.model_id,
+                                  choices=choices, usage=usage(len(prompt), n_generated, n_reasoning),
+                                  timings=runs[0].timings())
 
 
 def _check(state: AppState, body: ChatCompletionRequest) -> None:

@@ -26,13 +26,14 @@ async def create_completion(body: CompletionRequest, request: Request):
     if body.stream and len(prompts) > 1:
         raise invalid("Streaming supports a single prompt; send a list of prompts without stream.", param="stream")
     response_id = new_id("cmpl")
-    runs = [_run(state, body, request, p, response_id if i == 0 else f"{response_id}-{i}")
-            for i, p in enumerate(prompts)]
+    # choice i * n + j: prompt i's j-th sample (OpenAI's order); each is one engine job with its own timing record
+    runs = [_run(state, body, request, p, j, response_id if not i and not j else f"{response_id}-{i * body.n + j}")
+            for i, p in enumerate(prompts) for j in range(body.n)]
     if body.stream:
         return StreamingResponse(_stream(state, body, runs[0].submit()), media_type="text/event-stream",
                                  headers=SSE_HEADERS)
     choices = [await _choice(state, body, run.submit(), request, i) for i, run in enumerate(runs)]
-    n_prompt, n_gen = sum(len(r.prompt) for r in runs), sum(r.last.generation_tokens if r.last else 0 for r in runs)
+    n_prompt, n_gen = sum(map(len, prompts)), sum(r.last.generation_tokens if r.last else 0 for r in runs)
     return CompletionResponse(id=response_id, created=int(time.time()), model=state.settings.model_id,
                               choices=choices, usage=usage(n_prompt, n_gen), timings=runs[0].timings())
 
@@ -49,12 +50,13 @@ def _check(state: AppState, body: CompletionRequest) -> None:
         raise invalid("echo with max_tokens=0 scores the prompt: set logprobs (0-20).", param="logprobs")
 
 
-def _run(state: AppState, body: CompletionRequest, request: Request, prompt: list[int], rid: str) -> EngineRun:
+def _run(state: AppState, body: CompletionRequest, request: Request, prompt: list[int], choice: int,
+         rid: str) -> EngineRun:
     max_tokens = resolve_max_tokens(state, len(prompt), body.max_tokens)
     score = body.logprobs if body.echo and body.logprobs is not None else None
     return EngineRun(state, endpoint="/v1/completions", response_id=rid, request_id=request_id(request),
                      received=received(request), prompt=prompt,
-                     params=body.to_sampling_params(max_tokens, body.logprobs), score_top_k=score)
+                     params=body.to_sampling_params(max_tokens, body.logprobs, choice), score_top_k=score)
 
 
 async def _choice(state: AppState, body: CompletionRequest, run: EngineRun, request: Request,

@@ -104,14 +104,42 @@ def test_streaming_completion_sends_a_chunk_per_token_even_before_its_text_is_co
         (lambda c: c.completions.create(model="demo", prompt="x", temperature=5), openai.BadRequestError),
         (lambda c: c.completions.create(model="gpt-4o", prompt="x"), openai.NotFoundError),
         (lambda c: c.chat.completions.create(model="demo", messages=[]), openai.BadRequestError),
-        (lambda c: c.completions.create(model="demo", prompt="x", n=2), openai.BadRequestError),
+        (lambda c: c.completions.create(model="demo", prompt="x", n=2, stream=True), openai.BadRequestError),
+        (lambda c: c.chat.completions.create(model="demo", messages=[{"role": "user", "content": "x"}], n=2,
+                                             stream=True), openai.BadRequestError),
+        (lambda c: c.completions.create(model="demo", prompt="x", n=17), openai.BadRequestError),
     ],
-    ids=["bad-temperature", "unknown-model", "empty-messages", "n2"],
+    ids=["bad-temperature", "unknown-model", "empty-messages", "n2-streamed", "chat-n2-streamed", "n17"],
 )
 def test_client_errors_raise_the_right_exception(server, call, error):
     with pytest.raises(error) as exc:
         call(client(server))
     assert exc.value.body["message"] and exc.value.body["type"]
+
+
+def test_n_choices_are_each_sampled_like_a_single_request_with_the_next_seed(server):
+    """n > 1 (not streamed): choice i * n + j of prompt i is what that prompt alone gives with seed + j; usage counts
+    each prompt once and every choice's tokens."""
+    c = client(server)
+    kw = dict(model="demo", max_tokens=6, temperature=1.0, extra_body={"ignore_eos": True})
+    r = c.completions.create(prompt=["Hello", "World"], n=3, seed=11, **kw)
+    assert [ch.index for ch in r.choices] == list(range(6))
+    for i, prompt in enumerate(["Hello", "World"]):
+        for j in range(3):
+            solo = c.completions.create(prompt=prompt, seed=11 + j, **kw).choices[0].text
+            assert r.choices[i * 3 + j].text == solo, (i, j)
+    assert len({ch.text for ch in r.choices[:3]}) > 1  # the samples differ
+    assert r.usage.prompt_tokens == 10 and r.usage.completion_tokens == 36
+
+    messages = [{"role": "user", "content": "Hi"}]
+    chat = c.chat.completions.create(model="demo", messages=messages, n=2, seed=5, max_completion_tokens=6,
+                                     logprobs=True, extra_body={"ignore_eos": True})
+    solo = [c.chat.completions.create(model="demo", messages=messages, seed=5 + j, max_completion_tokens=6,
+                                      extra_body={"ignore_eos": True}) for j in range(2)]
+    assert [ch.index for ch in chat.choices] == [0, 1]
+    assert [ch.message.content for ch in chat.choices] == [s.choices[0].message.content for s in solo]
+    assert all(len(ch.logprobs.content) == 6 for ch in chat.choices)
+    assert chat.usage.prompt_tokens == solo[0].usage.prompt_tokens and chat.usage.completion_tokens == 12
 
 
 def test_missing_or_wrong_key_is_401(auth_server):
