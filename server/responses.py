@@ -36,22 +36,35 @@ def usage(prompt_tokens: int, completion_tokens: int, reasoning_tokens: int = 0)
 
 def completion_logprobs(state: AppState, prompt: list[int] | None, scores: Scores | None,
                         results: list[GenerationResult], offset: int = 0) -> CompletionLogprobs:
-    """Classic logprobs: with echo the prompt tokens come first (the first has no logprob)."""
-    tokens, lps, tops = [], [], []
+    """Classic logprobs: with echo the prompt tokens come first (the first has no logprob). `text_offset`: each
+    token's character offset in the response text (`offset`: the text before these tokens), counted from the text
+    each token released, so a character split over tokens counts once (their U+FFFD texts would count each)."""
+    tokens, lps, tops, released = [], [], [], []
     if prompt is not None and scores is not None:
         s = scores.scores
         tokens += [token_text(state, t) for t in prompt]
         lps += s.logprobs
         tops += [None if top is None else top_dict(state, top) for top in s.top_logprobs]
+        released += prompt_pieces(state, prompt)
     for r in results:
         tokens.append(token_text(state, r.token))
         lps.append(r.logprob)
         tops.append(top_dict(state, r.top_logprobs))
+        released.append(r.text)
     offsets = []
-    for t in tokens:
+    for piece in released:
         offsets.append(offset)
-        offset += len(t)
+        offset += len(piece)
     return CompletionLogprobs(tokens=tokens, token_logprobs=lps, top_logprobs=tops, text_offset=offsets)
+
+
+def prompt_pieces(state: AppState, prompt: list[int]) -> list[str]:
+    """The text each prompt token releases when the prompt is decoded as a stream (together: its decode)."""
+    with state.tokenizer_lock:
+        detok = state.tokenizer.detokenizer()
+        pieces = [detok.add(t) for t in prompt]
+        pieces[-1] += detok.flush()
+    return pieces
 
 
 def chat_logprobs(state: AppState, results: list[GenerationResult]) -> list[TokenLogprob]:

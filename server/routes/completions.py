@@ -86,15 +86,20 @@ def _stream(state: AppState, body: CompletionRequest, run: EngineRun):
         return {**c, "usage": None} if include_usage else c
 
     def on_scores(scores) -> list[dict]:
+        nonlocal sent
+        text = _decode(state, run.prompt)
         lp = completion_logprobs(state, run.prompt, scores, []).model_dump() if body.logprobs is not None else None
-        return [chunk(_decode(state, run.prompt), lp)]
+        sent += len(text)
+        return [chunk(text, lp)]
 
     def on_token(r) -> list[dict]:
         # One chunk per generated token, as vLLM sends them, even when its text is still held back (part of a
         # UTF-8 character, a possible stop string): the client sees each token when it is made, not tokens later.
+        nonlocal sent
         if r.token is None:  # prefill only (max_tokens 0)
             return []
-        lp = completion_logprobs(state, None, None, [r]).model_dump() if body.logprobs is not None else None
+        lp = completion_logprobs(state, None, None, [r], sent).model_dump() if body.logprobs is not None else None
+        sent += len(r.text)
         return [chunk(r.text, lp)]
 
     def finish() -> list[dict]:
@@ -105,4 +110,5 @@ def _stream(state: AppState, body: CompletionRequest, run: EngineRun):
 
     # echo without logprobs has no scoring pass to carry the prompt text: send it first
     prelude = [chunk(_decode(state, run.prompt))] if body.echo and run.job.score_top_k is None else []
+    sent = len(prelude[0]["choices"][0]["text"]) if prelude else 0  # characters sent: the next token's text_offset
     return drive_stream(run, state.settings.keepalive_seconds, on_token, on_scores, finish, prelude)

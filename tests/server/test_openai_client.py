@@ -45,6 +45,32 @@ def test_chat_completion_and_logprobs(server):
     assert r.usage.total_tokens == r.usage.prompt_tokens + 5
 
 
+def test_text_offsets_count_characters_not_token_texts(server, demo_engine):
+    """`text_offset` is each token's character offset in the text: a character split over byte tokens (each alone
+    U+FFFD) counts once. Reference: Python's UTF-8 decoder over the tokens' bytes (a token starting inside a
+    character sits at that character's start). Echoed prompt and generated tokens, streamed and not."""
+    tok = demo_engine.tokenizer
+    text = "héllo 世界 🙂!"
+    ids = tok.encode(text)
+    assert len(ids) > len(text)  # characters split over tokens
+    starts, pos = [], b""
+    for t in ids:
+        starts.append(len(pos.decode("utf-8", errors="ignore")))
+        pos += tok.token_bytes(t)
+    r = client(server).completions.create(model="demo", prompt=ids, max_tokens=0, echo=True, logprobs=0)
+    lp = r.choices[0].logprobs
+    assert r.choices[0].text == text and lp.text_offset == starts
+
+    kw = dict(model="demo", prompt=ids, max_tokens=8, echo=True, logprobs=0, temperature=1.0, seed=2,
+              extra_body={"ignore_eos": True})
+    whole = client(server).completions.create(**kw).choices[0]
+    chunks = list(client(server).completions.create(stream=True, **kw))
+    streamed = [o for c in chunks if c.choices and c.choices[0].logprobs for o in c.choices[0].logprobs.text_offset]
+    assert whole.logprobs.text_offset[: len(ids)] == starts and streamed == whole.logprobs.text_offset
+    offsets = whole.logprobs.text_offset
+    assert offsets == sorted(offsets) and offsets[-1] <= len(whole.text)
+
+
 def test_chat_logprob_bytes_give_the_content(server):
     """Each token's `bytes` are its own, also for a token holding part of a character (its `token` text alone is
     U+FFFD): over a response, streamed or not, they decode to its content (the demo model's random weights emit
