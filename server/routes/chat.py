@@ -50,6 +50,8 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request):
         logprobs = ChatLogprobs(content=chat_logprobs(state, results)) if body.logprobs else None
         choices.append(ChatChoice(index=j, message=message, logprobs=logprobs, finish_reason=run.finish_reason))
         n_generated, n_reasoning = n_generated + len(results), n_reasoning + reasoning_tokens
+        if run.finish_reason == "cancelled":  # the client went away: the later choices are not run
+            break
     return ChatCompletionResponse(id=response_id, created=int(time.time()), model=state.settings.model_id,
                                   choices=choices, usage=usage(len(prompt), n_generated, n_reasoning),
                                   timings=runs[0].timings())

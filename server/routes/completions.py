@@ -32,7 +32,11 @@ async def create_completion(body: CompletionRequest, request: Request):
     if body.stream:
         return StreamingResponse(_stream(state, body, runs[0].submit()), media_type="text/event-stream",
                                  headers=SSE_HEADERS)
-    choices = [await _choice(state, body, run.submit(), request, i) for i, run in enumerate(runs)]
+    choices = []
+    for i, run in enumerate(runs):
+        choices.append(await _choice(state, body, run.submit(), request, i))
+        if run.finish_reason == "cancelled":  # the client went away: the later choices are not run
+            break
     n_prompt, n_gen = sum(map(len, prompts)), sum(r.last.generation_tokens if r.last else 0 for r in runs)
     return CompletionResponse(id=response_id, created=int(time.time()), model=state.settings.model_id,
                               choices=choices, usage=usage(n_prompt, n_gen), timings=runs[0].timings())

@@ -100,6 +100,27 @@ def test_disconnect_of_a_non_streamed_request_cancels_it(server):
     assert server.metric("deltaserve:num_requests_running") == 0
 
 
+@pytest.mark.parametrize("route", ["/v1/completions", "/v1/chat/completions"])
+def test_a_disconnect_stops_the_choices_of_n_still_to_run(server, route):
+    """n = 3 choices run one after another; the client going away during the first cancels it and the other two
+    never reach the engine: one more finished request in the metrics, a cancelled one."""
+    def finished() -> float:  # every finished request of this route, whatever its status and finish reason
+        from prometheus_client.parser import text_string_to_metric_families
+
+        return sum(s.value for f in text_string_to_metric_families(httpx.get(server.url + "/metrics").text)
+                   for s in f.samples if s.name == "deltaserve:requests_total" and s.labels["endpoint"] == route)
+
+    before, cancelled = finished(), server.metric("deltaserve:request_cancellations_total")
+    body = {"model": "demo", "max_tokens": 100_000, "ignore_eos": True, "n": 3,
+            **({"prompt": "x"} if route == "/v1/completions" else {"messages": [{"role": "user", "content": "x"}]})}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(server.url + route, json=body, timeout=1.0)
+    assert _wait_until(lambda: server.metric("deltaserve:request_cancellations_total") == cancelled + 1)
+    time.sleep(1.0)  # a second choice, had it been submitted, would be on the engine by now
+    assert server.metric("deltaserve:num_requests_running") == 0
+    assert finished() == before + 1
+
+
 def test_keepalive_comments_and_sse_framing(server):
     prompt = [66] * 3000
     body = {"model": "demo", "prompt": prompt, "max_tokens": 2, "stream": True}
