@@ -91,8 +91,6 @@ def resolve_max_tokens(state: AppState, n_prompt: int, requested: int | None) ->
 
 def check_common(state: AppState, body: Any) -> None:
     """Parameters we do not implement are rejected, not ignored."""
-    if body.n != 1 and body.stream:
-        raise invalid("Streaming supports n=1; send n > 1 without stream.", param="n")
     if len(body.stops()) > MAX_STOP_STRINGS:
         raise invalid(f"At most {MAX_STOP_STRINGS} stop strings are supported.", param="stop")
     for key in body.logit_bias or {}:

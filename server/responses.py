@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 
 from fastapi import Request
 
@@ -91,17 +92,43 @@ async def collect(run: EngineRun, request: Request) -> list[GenerationResult]:
     return results
 
 
-async def drive_stream(
-    run: EngineRun,
-    keepalive: float,
-    on_token: Callable[[GenerationResult], list[dict]],
-    on_scores: Callable[[Scores], list[dict]],
-    finish: Callable[[], list[dict]],
-    prelude: list[dict] = (),
-) -> AsyncIterator[str]:
-    """SSE body: `prelude` chunks, keep-alive / prefill-progress comments, chunks per token, the closing
-    chunks from `finish()`, then [DONE]. An engine error after the 200 went out becomes
-    `data: {"error": ...}`."""
+@dataclass
+class ChoiceStream:
+    """How one choice's engine events become chunks: `prelude` first, then per event, then `finish()`."""
+
+    on_token: Callable[[GenerationResult], list[dict]]
+    on_scores: Callable[[Scores], list[dict]]
+    finish: Callable[[], list[dict]]
+    prelude: list[dict] = field(default_factory=list)
+
+
+async def stream_choices(runs: list[EngineRun], keepalive: float, choice: Callable[[int, EngineRun], ChoiceStream],
+                         closing: Callable[[], list[dict]]) -> AsyncIterator[str]:
+    """SSE body of a response's choices one after another (the engine runs one job at a time): each run's chunks
+    (`choice(index, run)` makes them), then `closing()` (the usage chunk), then [DONE]. The caller submits the first
+    run, so a full queue is still an HTTP status; a later run refused, or an engine error, ends the stream with
+    `data: {"error": ...}`. A client that goes away closes this generator: the running choice is cancelled and
+    the later ones never start."""
+    for index, run in enumerate(runs):
+        if index:
+            try:
+                run.submit()
+            except ApiError as err:
+                yield sse_error(err)
+                return
+        async for text in drive_stream(run, keepalive, choice(index, run)):
+            yield text
+        if run.error is not None:
+            return
+    for chunk in closing():
+        yield sse(chunk)
+    yield DONE
+
+
+async def drive_stream(run: EngineRun, keepalive: float, handlers: ChoiceStream) -> AsyncIterator[str]:
+    """One choice's SSE chunks: its prelude, keep-alive / prefill-progress comments, chunks per token, its
+    closing chunks. An engine error after the 200 went out becomes `data: {"error": ...}`."""
+    on_token, on_scores, finish, prelude = handlers.on_token, handlers.on_scores, handlers.finish, handlers.prelude
     for chunk in prelude:
         yield sse(chunk)
     async for event in run.events(keepalive):
@@ -122,4 +149,3 @@ async def drive_stream(
         return
     for chunk in finish():
         yield sse(chunk)
-    yield DONE

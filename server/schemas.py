@@ -30,7 +30,7 @@ class _Sampling(BaseModel):
     logit_bias: dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]] | None = None
     max_tokens: NonNegInt | None = None
     n: int = Field(1, ge=1, le=16, description="choices per prompt, each sampled on its own (with a seed: seed, "
-                                              "seed + 1, ...); 1 when streamed")
+                                              "seed + 1, ...); streamed one after another")
     presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     seed: int | None = None
     stop: str | list[str] | None = Field(None, description="up to 16 stop strings, matched on text and removed")

@@ -10,7 +10,7 @@ from fastapi.responses import StreamingResponse
 from server.deps import check_model, get_state, received, request_id, require_api_key
 from server.errors import ERROR_RESPONSES, invalid
 from server.prompts import chat_ids, check_common, check_ids, opens_reasoning, resolve_max_tokens
-from server.responses import chat_logprobs, collect, drive_stream, usage
+from server.responses import ChoiceStream, chat_logprobs, collect, stream_choices, usage
 from server.schemas import (
     AssistantMessage,
     ChatChoice,
@@ -40,8 +40,9 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request):
                       params=body.to_sampling_params(max_tokens, top, j)) for j in range(body.n)]
     opens = opens_reasoning(state, prompt)
     if body.stream:
-        return StreamingResponse(_stream(state, body, runs[0].submit(), ReasoningSplitter(opens)),
-                                 media_type="text/event-stream", headers=SSE_HEADERS)
+        runs[0].submit()
+        return StreamingResponse(_stream(state, body, runs, response_id, opens), media_type="text/event-stream",
+                                 headers=SSE_HEADERS)
     choices, n_generated, n_reasoning = [], 0, 0
     for j, run in enumerate(runs):
         results = await collect(run.submit(), request)
@@ -94,41 +95,50 @@ def _split(splitter: ReasoningSplitter, results) -> tuple[str, str, int]:
     return "".join(reasoning) + rd, "".join(content) + cd, n_reasoning
 
 
-def _stream(state: AppState, body: ChatCompletionRequest, run: EngineRun, splitter: ReasoningSplitter):
+def _stream(state: AppState, body: ChatCompletionRequest, runs: list[EngineRun], response_id: str, opens: bool):
+    """The choices' chunks one choice after another (each begins with its role delta and names its choice), then
+    the usage chunk."""
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    base = {"id": run.response_id, "object": "chat.completion.chunk", "created": int(time.time()),
+    base = {"id": response_id, "object": "chat.completion.chunk", "created": int(time.time()),
             "model": state.settings.model_id}
-    pending_logprobs: list = []  # logprobs of tokens whose text is still held back
-    n_reasoning = 0
+    n_reasoning = 0  # over all choices
 
-    def chunk(delta: dict, finish_reason=None, logprobs=None) -> dict:
-        c = {**base, "choices": [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}]}
-        return {**c, "usage": None} if include_usage else c
+    def choice(index: int, run: EngineRun) -> ChoiceStream:
+        splitter = ReasoningSplitter(opens)
+        pending_logprobs: list = []  # logprobs of tokens whose text is still held back
 
-    def take_logprobs():
-        if not body.logprobs:
-            return None
-        out = {"content": [lp.model_dump() for lp in pending_logprobs]}
-        pending_logprobs.clear()
-        return out
+        def chunk(delta: dict, finish_reason=None, logprobs=None) -> dict:
+            c = {**base, "choices": [{"index": index, "delta": delta, "logprobs": logprobs,
+                                      "finish_reason": finish_reason}]}
+            return {**c, "usage": None} if include_usage else c
 
-    def on_token(r) -> list[dict]:
-        nonlocal n_reasoning
-        if body.logprobs:
-            pending_logprobs.extend(chat_logprobs(state, [r]))
-        rd, cd = splitter.feed(r.text)
-        n_reasoning += splitter.in_reasoning
-        delta = {k: v for k, v in (("reasoning_content", rd), ("content", cd)) if v}
-        return [chunk(delta, logprobs=take_logprobs())] if delta else []
+        def take_logprobs():
+            if not body.logprobs:
+                return None
+            out = {"content": [lp.model_dump() for lp in pending_logprobs]}
+            pending_logprobs.clear()
+            return out
 
-    def finish() -> list[dict]:
-        rd, cd = splitter.flush()
-        delta = {k: v for k, v in (("reasoning_content", rd), ("content", cd)) if v}
-        out = [{**chunk(delta, run.finish_reason, take_logprobs()), "timings": run.timings().model_dump()}]
-        if include_usage:
-            n_gen = run.last.generation_tokens if run.last else 0
-            out.append({**base, "choices": [], "usage": usage(len(run.prompt), n_gen, n_reasoning).model_dump()})
-        return out
+        def on_token(r) -> list[dict]:
+            nonlocal n_reasoning
+            if body.logprobs:
+                pending_logprobs.extend(chat_logprobs(state, [r]))
+            rd, cd = splitter.feed(r.text)
+            n_reasoning += splitter.in_reasoning
+            delta = {k: v for k, v in (("reasoning_content", rd), ("content", cd)) if v}
+            return [chunk(delta, logprobs=take_logprobs())] if delta else []
 
-    first = chunk({"role": "assistant", "content": ""})
-    return drive_stream(run, state.settings.keepalive_seconds, on_token, lambda s: [], finish, [first])
+        def finish() -> list[dict]:
+            rd, cd = splitter.flush()
+            delta = {k: v for k, v in (("reasoning_content", rd), ("content", cd)) if v}
+            return [{**chunk(delta, run.finish_reason, take_logprobs()), "timings": run.timings().model_dump()}]
+
+        return ChoiceStream(on_token, lambda s: [], finish, [chunk({"role": "assistant", "content": ""})])
+
+    def closing() -> list[dict]:
+        if not include_usage:
+            return []
+        n_gen = sum(run.last.generation_tokens if run.last else 0 for run in runs)
+        return [{**base, "choices": [], "usage": usage(len(runs[0].prompt), n_gen, n_reasoning).model_dump()}]
+
+    return stream_choices(runs, state.settings.keepalive_seconds, choice, closing)

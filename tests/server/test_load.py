@@ -100,8 +100,9 @@ def test_disconnect_of_a_non_streamed_request_cancels_it(server):
     assert server.metric("deltaserve:num_requests_running") == 0
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
 @pytest.mark.parametrize("route", ["/v1/completions", "/v1/chat/completions"])
-def test_a_disconnect_stops_the_choices_of_n_still_to_run(server, route):
+def test_a_disconnect_stops_the_choices_of_n_still_to_run(server, route, stream):
     """n = 3 choices run one after another; the client going away during the first cancels it and the other two
     never reach the engine: one more finished request in the metrics, a cancelled one."""
     def finished() -> float:  # every finished request of this route, whatever its status and finish reason
@@ -111,10 +112,14 @@ def test_a_disconnect_stops_the_choices_of_n_still_to_run(server, route):
                    for s in f.samples if s.name == "deltaserve:requests_total" and s.labels["endpoint"] == route)
 
     before, cancelled = finished(), server.metric("deltaserve:request_cancellations_total")
-    body = {"model": "demo", "max_tokens": 100_000, "ignore_eos": True, "n": 3,
+    body = {"model": "demo", "max_tokens": 100_000, "ignore_eos": True, "n": 3, "stream": stream,
             **({"prompt": "x"} if route == "/v1/completions" else {"messages": [{"role": "user", "content": "x"}]})}
-    with pytest.raises(httpx.ReadTimeout):
-        httpx.post(server.url + route, json=body, timeout=1.0)
+    if stream:  # a few chunks of the first choice, then the connection closes
+        with httpx.stream("POST", server.url + route, json=body, timeout=30) as r:
+            assert sum(1 for line, _ in zip(r.iter_lines(), range(10), strict=False) if line.startswith("data:"))
+    else:
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(server.url + route, json=body, timeout=1.0)
     assert _wait_until(lambda: server.metric("deltaserve:request_cancellations_total") == cancelled + 1)
     time.sleep(1.0)  # a second choice, had it been submitted, would be on the engine by now
     assert server.metric("deltaserve:num_requests_running") == 0

@@ -130,12 +130,9 @@ def test_streaming_completion_sends_a_chunk_per_token_even_before_its_text_is_co
         (lambda c: c.completions.create(model="demo", prompt="x", temperature=5), openai.BadRequestError),
         (lambda c: c.completions.create(model="gpt-4o", prompt="x"), openai.NotFoundError),
         (lambda c: c.chat.completions.create(model="demo", messages=[]), openai.BadRequestError),
-        (lambda c: c.completions.create(model="demo", prompt="x", n=2, stream=True), openai.BadRequestError),
-        (lambda c: c.chat.completions.create(model="demo", messages=[{"role": "user", "content": "x"}], n=2,
-                                             stream=True), openai.BadRequestError),
         (lambda c: c.completions.create(model="demo", prompt="x", n=17), openai.BadRequestError),
     ],
-    ids=["bad-temperature", "unknown-model", "empty-messages", "n2-streamed", "chat-n2-streamed", "n17"],
+    ids=["bad-temperature", "unknown-model", "empty-messages", "n17"],
 )
 def test_client_errors_raise_the_right_exception(server, call, error):
     with pytest.raises(error) as exc:
@@ -166,6 +163,35 @@ def test_n_choices_are_each_sampled_like_a_single_request_with_the_next_seed(ser
     assert [ch.message.content for ch in chat.choices] == [s.choices[0].message.content for s in solo]
     assert all(len(ch.logprobs.content) == 6 for ch in chat.choices)
     assert chat.usage.prompt_tokens == solo[0].usage.prompt_tokens and chat.usage.completion_tokens == 12
+
+
+def test_streamed_choices_equal_the_non_streamed_ones(server):
+    """Several choices streamed (n > 1, a list of prompts): each chunk names its choice, a choice's chunks joined
+    give the non-streamed choice (text, finish reason), chat choices each open with their role, and the usage
+    chunk comes once, last, with the totals."""
+    c = client(server)
+    kw = dict(model="demo", prompt=["Hello", "World"], n=2, max_tokens=5, temperature=1.0, seed=4, logprobs=1,
+              extra_body={"ignore_eos": True})
+    whole = c.completions.create(**kw)
+    chunks = list(c.completions.create(stream=True, stream_options={"include_usage": True}, **kw))
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 20
+    assert chunks[-1].usage.prompt_tokens == whole.usage.prompt_tokens == 10
+    order = [ch.choices[0].index for ch in chunks[:-1]]
+    assert order == sorted(order) and set(order) == {0, 1, 2, 3}  # one choice after another
+    for want in whole.choices:
+        mine = [ch.choices[0] for ch in chunks[:-1] if ch.choices[0].index == want.index]
+        assert "".join(x.text for x in mine) == want.text
+        assert mine[-1].finish_reason == want.finish_reason == "length"
+        assert [o for x in mine if x.logprobs for o in x.logprobs.text_offset] == want.logprobs.text_offset
+
+    messages = [{"role": "user", "content": "Hi"}]
+    ckw = dict(model="demo", messages=messages, n=3, seed=8, max_completion_tokens=6, extra_body={"ignore_eos": True})
+    whole = c.chat.completions.create(**ckw)
+    chunks = list(c.chat.completions.create(stream=True, **ckw))
+    for want in whole.choices:
+        mine = [ch.choices[0] for ch in chunks if ch.choices and ch.choices[0].index == want.index]
+        assert mine[0].delta.role == "assistant" and mine[-1].finish_reason == "length"
+        assert "".join(x.delta.content or "" for x in mine) == want.message.content
 
 
 def test_missing_or_wrong_key_is_401(auth_server):
