@@ -36,6 +36,18 @@ def test_timing_record_by_id_and_by_request_id(request, fixture, path):
     assert times[0] >= 0 and times == sorted(times)
 
 
+def test_each_choice_of_a_response_has_its_record(server):
+    """n = 2 over two prompts: four records, the response id's the first choice's, choice k's the id + "-k", the
+    request id naming the last; each counts its own prompt and tokens."""
+    r = _complete(server, headers={"X-Request-Id": "four-choices"}, prompt=["Hello", "Hello world"], n=2,
+                  max_tokens=3).json()
+    records = [httpx.get(f"{server.url}/v1/timings/{r['id']}" + (f"-{k}" if k else "")).json() for k in range(4)]
+    assert [x["prompt_tokens"] for x in records] == [5, 5, 11, 11]
+    assert all(x["completion_tokens"] == 3 and x["request_id"] == "four-choices" for x in records)
+    assert r["timings"]["prompt_n"] == 5
+    assert httpx.get(f"{server.url}/v1/timings/four-choices").json()["id"] == f"{r['id']}-3"
+
+
 def test_access_log_has_a_line_per_finished_request_with_its_status_and_id(server):
     """Written when the response is complete: a streamed completion's line comes with its status and request id
     (the key for /v1/timings), a client error's with its 4xx."""
