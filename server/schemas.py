@@ -1,6 +1,7 @@
 """Wire schemas, in OpenAI's field order (https://platform.openai.com/docs/api-reference).
 
-Requests reject unknown fields (a typo should not be silently ignored). Our extensions — vLLM-style
+Requests reject unknown fields (a typo should not be silently ignored) and read a null field as its default, as
+OpenAI's API does. Our extensions — vLLM-style
 sampling fields and the per-request `timings` object — sit in marked blocks with descriptions.
 """
 
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from engine.sampling import SamplingParams
 
@@ -24,6 +25,13 @@ class _Sampling(BaseModel):
     """Fields shared by completions and chat (OpenAI's, then our extensions)."""
 
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_default(cls, data: Any) -> Any:
+        """A field given as null takes its default, as OpenAI's API reads it (clients such as LangChain send
+        `"temperature": null`); a required one is then reported missing."""
+        return {k: v for k, v in data.items() if v is not None} if isinstance(data, dict) else data
 
     model: str
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)

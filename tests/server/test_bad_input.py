@@ -66,6 +66,7 @@ CASES = {
                            "invalid_request_error", "top_logprobs"),
     "body-10MB": ("/v1/completions", _json({**COMPLETION, "prompt": "a" * (10 * 1024 * 1024)}), 413,
                   "request_too_large", None),
+    "null-model": ("/v1/completions", _json({**COMPLETION, "model": None}), 400, "invalid_request_error", "model"),
 }
 
 
@@ -81,6 +82,26 @@ def test_bad_request_gets_its_documented_status(server, case):
         assert error["param"] == param
     assert r.headers["x-request-id"]
     assert httpx.get(server.url + "/health").status_code == 200
+
+
+# every optional field OpenAI's API documents as nullable, given as null (as LangChain and others send them)
+NULLS = {"frequency_penalty": None, "logit_bias": None, "max_tokens": None, "n": None, "presence_penalty": None,
+         "stop": None, "stream": None, "stream_options": None, "temperature": None, "top_p": None, "user": None}
+
+
+@pytest.mark.parametrize("path, body, extra", [
+    ("/v1/completions", {"prompt": "Hello"}, {"echo": None, "logprobs": None, "best_of": None, "suffix": None}),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "Hi"}]},
+     {"logprobs": None, "top_logprobs": None, "max_completion_tokens": None, "response_format": None,
+      "tools": None, "tool_choice": None, "parallel_tool_calls": None}),
+], ids=["completions", "chat"])
+def test_a_null_field_takes_its_default(server, path, body, extra):
+    """OpenAI's API reads an explicit null as the field's default: the response equals the request without it."""
+    base = {"model": "demo", "seed": 7, "ignore_eos": True, "max_tokens": 4, **body}
+    plain = httpx.post(server.url + path, json=base, timeout=60)
+    nulls = httpx.post(server.url + path, json={**base, **NULLS, **extra, "max_tokens": 4}, timeout=60)
+    assert plain.status_code == nulls.status_code == 200, nulls.text
+    assert nulls.json()["choices"] == plain.json()["choices"] and nulls.json()["usage"] == plain.json()["usage"]
 
 
 def test_context_overflow_names_the_counts(small_server):
