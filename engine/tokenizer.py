@@ -127,15 +127,18 @@ class StreamingDetokenizer:
         self.tokens.append(token)
         prefix = self.tokenizer.decode(self.tokens[self.prefix_offset : self.read_offset])
         full = self.tokenizer.decode(self.tokens[self.prefix_offset :])
-        # A character spans at most 4 byte tokens: past that the U+FFFD is real (invalid bytes), emit it. Tokens
-        # that stand for no bytes (ids past the tokenizer's vocabulary, in a model's padded embedding) do not count.
-        held = sum(1 for t in self.tokens[self.read_offset :] if self.tokenizer.token_bytes(t))
-        if len(full) > len(prefix) and (not full.endswith("\ufffd") or held > 4):
+        if len(full) > len(prefix) and (not full.endswith("\ufffd") or self._held_bytes_tokens() > 4):
             new = full[len(prefix) :]
             self.prefix_offset, self.read_offset = self.read_offset, len(self.tokens)
             self.text += new
             return new
         return ""
+
+    def _held_bytes_tokens(self) -> int:
+        """Held-back tokens that stand for bytes: a character spans at most 4 byte tokens, so past that the U+FFFD
+        is real (invalid bytes) and goes out. Tokens that stand for none (ids past the tokenizer's vocabulary, in a
+        model's padded embedding) do not count. Only asked while the text ends in U+FFFD (not every token)."""
+        return sum(1 for t in self.tokens[self.read_offset :] if self.tokenizer.token_bytes(t))
 
     def flush(self) -> str:
         """Whatever is still held back (an incomplete character becomes U+FFFD)."""
