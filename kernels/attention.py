@@ -82,7 +82,8 @@ def describe(dtype: mx.Dtype, n_heads: int, n_kv_heads: int, head_dim: int) -> s
 def _kernel(shared: int):
     return mx.fast.cuda_kernel(
         name="deltaserve_causal_attention", input_names=["q", "k", "v"], output_names=["out"],
-        source=read_source("attention_cuda.body"), header=read_source("attention_cuda.h"), shared_memory=shared)
+        source=read_source("attention_cuda.body"), shared_memory=shared,
+        header=read_source("helpers_cuda.h") + read_source("attention_cuda.h"))  # its 16-bit tiles are in the first
 
 
 def causal_attention(q: mx.array, k: mx.array, v: mx.array, scale: float) -> mx.array | None:

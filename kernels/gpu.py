@@ -131,40 +131,58 @@ def _slice(backend: str, C: int, Dk: int, Dv: int) -> int:
     return ks if Dk % ks == 0 and Dv % ks == 0 else 16
 
 
-def _slot_floats(C: int, Dk: int, ws: int, kr: int, key_bytes: int) -> int:
-    """One round slot of the state pass: WS columns of W (C rows, pitch WS + 4) or KR rows of keys (pitch
-    Dk + 8), in floats; both pitches keep rows 16-byte aligned."""
-    return max(C * (ws + 4), kr * (Dk + 8) * key_bytes // 4)
+def _slot_floats(C: int, Dk: int, ws: int, kr: int, key_bytes: int, w_bytes: int = 4) -> int:
+    """One round slot of the state pass: WS columns of W (C rows, pitch WS + 16 / w_bytes elements) or KR rows
+    of keys (pitch Dk + 8), in floats; both pitches keep rows 16-byte aligned."""
+    return max(C * (ws + 16 // w_bytes) * w_bytes // 4, kr * (Dk + 8) * key_bytes // 4)
 
 
-def _state_bytes(C: int, Dk: int, ws: int, kr: int, pad: int, nbuf: int, key_bytes: int = 2) -> int:
+def _state_bytes(C: int, Dk: int, ws: int, kr: int, pad: int, nbuf: int, key_bytes: int = 2,
+                 w_bytes: int = 4) -> int:
     """Threadgroup memory of the state pass (gdn_chunk_state.body): S and kdec R (rows padded by `pad` floats
-    against bank conflicts) and the ring of `nbuf` round slots."""
+    against bank conflicts; with 16-bit products, kdec R and a copy of S in 16 bits instead) and the ring of
+    `nbuf` round slots."""
     rp = STATE_TILE + 4 if key_bytes == 2 else STATE_TILE + pad  # kdec R's pitch (16-bit keys: ldmatrix order)
-    return 4 * (Dk * (STATE_TILE + pad) + C * rp) + 4 * nbuf * _slot_floats(C, Dk, ws, kr, key_bytes)
+    rs = 2 * (C + Dk) * (STATE_TILE + 8) if w_bytes == 2 else 4 * C * rp
+    return 4 * Dk * (STATE_TILE + pad) + rs + 4 * nbuf * _slot_floats(C, Dk, ws, kr, key_bytes, w_bytes)
+
+
+def w_dtype(backend: str, tf: bool, q: mx.array, k: mx.array, C: int, Dv: int) -> mx.Dtype:
+    """The dtype phase A writes W in: k's 16-bit dtype where the state pass multiplies on 16-bit tensor cores
+    (CUDA, plain TF32 allowed, 16-bit q and k, its plan in shared memory), else fp32."""
+    if backend != "cuda" or not tf or k.dtype not in HALF or q.dtype != k.dtype:
+        return mx.float32
+    Dk = k.shape[-1]
+    fits = _state_bytes(C, Dk, *state_staging(backend, C, Dk, Dv, 2, 2), 2, 2) <= SMEM_BYTES[backend]
+    return k.dtype if fits else mx.float32
 
 
 @functools.cache  # a search over ~80 plans (~75 us on a CPU): run once per shape, not twice a GDN layer call
-def state_staging(backend: str, C: int, Dk: int, Dv: int, key_bytes: int = 2) -> tuple[int, int, int, int]:
+def state_staging(backend: str, C: int, Dk: int, Dv: int, key_bytes: int = 2,
+                  w_bytes: int = 4) -> tuple[int, int, int, int]:
     """(W columns, key rows, S row padding, ring slots) of the state pass within the backend's threadgroup
     memory. The ring hides global-memory latency by running NBUF - 1 rounds ahead and each round costs a
     barrier on this sequential path, so: a ring of at least 3 (with 2, one round ahead, the latency shows every
     round), then the fewest rounds per chunk, then padding, then the deeper ring (up to 4). (H200, 16384 tokens,
     bf16, Dk = 128: (32, 32, 8, 3) 0.70 ms; (32, 32, 0, 4) 0.83; (64, 64, 0, 2) 0.66-0.99; (16, 16, 8, 4) 0.90.)
-    Metal copies synchronously (no cp.async), so there only the fewest rounds count: a ring of 2."""
+    Metal copies synchronously (no cp.async), so there only the fewest rounds count: a ring of 2. With 16-bit
+    products (w_bytes = 2) rounds are whole k-steps of 16."""
     plans = []
-    for ws in (w for w in (Dk, 64, 32, 16, 8) if w <= Dk and Dk % w == 0):
-        for kr in (r for r in (C, 32, 16, 8) if r <= C and C % r == 0):
+    step = 16 if w_bytes == 2 else 8
+    for ws in (w for w in (Dk, 64, 32, 16, 8) if step <= w <= Dk and Dk % w == 0):
+        for kr in (r for r in (C, 32, 16, 8) if step <= r <= C and C % r == 0):
             for pad in (8, 0):
-                free = SMEM_BYTES[backend] - 4 * (Dk + C) * (STATE_TILE + pad)
-                nbuf = min(4, free // (4 * _slot_floats(C, Dk, ws, kr, key_bytes)))
+                fixed = 4 * (Dk + C) * (STATE_TILE + pad) if w_bytes == 4 else _state_bytes(C, Dk, ws, kr, pad, 0, 2, 2)
+                free = SMEM_BYTES[backend] - fixed
+                nbuf = min(4, free // (4 * _slot_floats(C, Dk, ws, kr, key_bytes, w_bytes)))
                 rounds = Dk // ws + C // kr
                 if backend == "metal":
                     nbuf = 2
                 plans.append((nbuf < 3 and backend == "cuda", rounds, -pad, -nbuf, (ws, kr, pad, max(nbuf, 2))))
     plans.sort()
-    fits = [p[-1] for p in plans if _state_bytes(C, Dk, *p[-1], key_bytes) <= SMEM_BYTES[backend]]
-    return fits[0] if fits else min((p[-1] for p in plans), key=lambda p: _state_bytes(C, Dk, *p, key_bytes))
+    fits = [p[-1] for p in plans if _state_bytes(C, Dk, *p[-1], key_bytes, w_bytes) <= SMEM_BYTES[backend]]
+    return fits[0] if fits else min((p[-1] for p in plans),
+                                    key=lambda p: _state_bytes(C, Dk, *p, key_bytes, w_bytes))
 
 
 def chunked(q, k, v, g, beta, state, *, chunk_size: int, backend: str, verbose: bool = False):
@@ -196,27 +214,28 @@ class ChunkPlan:
 
     def prep(self, q, k, v, g, beta):
         C, N, BH, Dk, Dv = self.C, self.N, self.BH, self.Dk, self.Dv
+        wt = w_dtype(self.backend, self.tf[1], q, k, C, Dv)
         if q.dtype != k.dtype:  # the body stages q and k slices as stored, in one element type: widen (exact)
             q, k = q.astype(mx.float32), k.astype(mx.float32)
         return self._call(
             "chunk_prep", [q, k, v, g.astype(mx.float32), beta.astype(mx.float32)],
-            [(BH, N, C, Dk), (BH, N, C, Dv), (BH, N, C, C), (BH, N, C)], [mx.float32] * 4,
+            [(BH, N, C, Dk), (BH, N, C, Dv), (BH, N, C, C), (BH, N, C)], [wt] + [mx.float32] * 3,
             (N * PREP_THREADS, BH, 1), PREP_THREADS,
-            [("IX", q.dtype in HALF and k.dtype in HALF), ("KT", k.dtype), ("VT", v.dtype), ("KX", k.dtype in HALF),
+            [("IX", q.dtype in HALF and k.dtype in HALF), ("KT", k.dtype), ("VT", v.dtype), ("WT", wt),
+             ("KX", k.dtype in HALF),
              ("VX", v.dtype in HALF), self.tf, ("C", C), *self.sizes, ("KS", self.ks),
              ("NT", PREP_THREADS)],
         )
 
     def states(self, k, w, u, gc, state):
         C, N, BH, Dk, Dv = self.C, self.N, self.BH, self.Dk, self.Dv
-        ws, kr, pad, nbuf = state_staging(self.backend, C, Dk, Dv, k.dtype.size)
+        ws, kr, pad, nbuf = state_staging(self.backend, C, Dk, Dv, k.dtype.size, w.dtype.size)
         return self._call(
             "chunk_state", [k, w, u, gc, state.astype(mx.float32)],
             [(BH, N, Dk, Dv), (BH, N, C, Dv), (self.B, self.Hv, Dv, Dk)], [mx.float32] * 3,
             (Dv // STATE_TILE * STATE_THREADS, BH, 1), STATE_THREADS,
-            [("KT", k.dtype), ("KX", k.dtype in HALF), self.tf, ("C", C), *self.sizes, ("TV", STATE_TILE),
-             ("WS", ws), ("KR", kr), ("SPAD", pad), ("NBUF", nbuf),
-             ("NT", STATE_THREADS)],
+            [("KT", k.dtype), ("WT", w.dtype), ("KX", k.dtype in HALF), self.tf, ("C", C), *self.sizes,
+             ("TV", STATE_TILE), ("WS", ws), ("KR", kr), ("SPAD", pad), ("NBUF", nbuf), ("NT", STATE_THREADS)],
         )
 
     def outputs(self, q, hs, r, p, gc, dtype):

@@ -14,3 +14,4 @@
 #define DS_RSQRT(x) rsqrtf(x)
 #define DS_MAX(a, b) fmaxf(a, b)
 #define DS_BITS_FLOAT(i) __int_as_float(i)  // a float passed as its bits (template arguments are integers)
+#define DS_MMA16 1  // 16-bit tensor-core tiles (fa_mma, fa_ldmatrix_x4 in helpers_cuda.h)

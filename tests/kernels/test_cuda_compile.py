@@ -43,23 +43,30 @@ def kernel_text(name: str, source: str, header: str, inputs, outputs, types: dic
 
 
 SIZES = dict(DK=128, DV=128, HK=16, HV=16)
-STAGING = dict(zip(("WS", "KR", "SPAD", "NBUF"), gpu.state_staging("cuda", 64, 128, 128), strict=True))  # bf16 keys
+PLAN = ("WS", "KR", "SPAD", "NBUF")
+STAGING = dict(zip(PLAN, gpu.state_staging("cuda", 64, 128, 128), strict=True))  # bf16 keys, fp32 w
+STAGING16 = dict(zip(PLAN, gpu.state_staging("cuda", 64, 128, 128, 2, 2), strict=True))  # 16-bit products
 CASES = {
     f"{body}-bf16-{'tf32' if tf else '3xtf32'}": (body, "bfloat16", {"TF": tf, **template})
     for tf in (True, False)
     for body, template in [
-        ("chunk_prep", dict(IX=True, KT="bfloat16", VT="bfloat16", KX=True, VX=True, C=64, **SIZES,
-                            KS=gpu.SLICE["cuda"], NT=gpu.PREP_THREADS)),
-        ("chunk_state", dict(KT="bfloat16", KX=True, C=64, **SIZES, TV=16, **STAGING, NT=gpu.STATE_THREADS)),
+        ("chunk_prep", dict(IX=True, KT="bfloat16", VT="bfloat16", WT="bfloat16" if tf else "float32", KX=True,
+                            VX=True, C=64, **SIZES, KS=gpu.SLICE["cuda"], NT=gpu.PREP_THREADS)),
+        ("chunk_state", dict(KT="bfloat16", WT="bfloat16" if tf else "float32", KX=True, C=64, **SIZES, TV=16,
+                             **(STAGING16 if tf else STAGING), NT=gpu.STATE_THREADS)),
         ("chunk_out", dict(OutT="bfloat16", QT="bfloat16", QX=True, C=64, **SIZES, TO=64, KS=32, NT=gpu.OUT_THREADS)),
     ]
 } | {
     "serial-fp32": ("serial", "float32", dict(OutT="float32", **SIZES, RPW=gpu.SERIAL_ROWS)),
     # fp16 inputs: the __half loads, copies and conversions
-    "chunk_prep-fp16-tf32": ("chunk_prep", "float16", dict(IX=True, KT="float16", VT="float16", KX=True, VX=True,
-                                                          TF=True, C=64, **SIZES, KS=32, NT=gpu.PREP_THREADS)),
-    "chunk_state-fp16-tf32": ("chunk_state", "float16", dict(KT="float16", KX=True, TF=True, C=64, **SIZES, TV=16,
-                                                            **STAGING, NT=gpu.STATE_THREADS)),
+    "chunk_prep-fp16-tf32": ("chunk_prep", "float16", dict(IX=True, KT="float16", VT="float16", WT="float16", KX=True,
+                                                          VX=True, TF=True, C=64, **SIZES, KS=32, NT=gpu.PREP_THREADS)),
+    "chunk_state-fp16-tf32": ("chunk_state", "float16", dict(KT="float16", WT="float16", KX=True, TF=True, C=64,
+                                                            **SIZES, TV=16, **STAGING16, NT=gpu.STATE_THREADS)),
+    # bf16 keys with an fp32 w (the TF32 products: a plan too large for 16-bit ones, or MLX_ENABLE_TF32=0)
+    "chunk_state-bf16-tf32-fp32w": ("chunk_state", "bfloat16", dict(KT="bfloat16", WT="float32", KX=True, TF=True,
+                                                                   C=64, **SIZES, TV=16, **STAGING,
+                                                                   NT=gpu.STATE_THREADS)),
     "chunk_out-fp16-tf32": ("chunk_out", "float16", dict(OutT="float16", QT="float16", QX=True, TF=True, C=64,
                                                         **SIZES, TO=64, KS=32, NT=gpu.OUT_THREADS)),
     "serial-fp16": ("serial", "float16", dict(OutT="float16", **SIZES, RPW=gpu.SERIAL_ROWS)),
@@ -75,13 +82,14 @@ CASES = {
 }
 # fp32 q / k with bf16 v (what the bf16 model passed before its prologue rounded q / k to bf16), TF32 products.
 MODEL_MIX = {"q": "float32", "k": "float32"}
-STAGING_FP32_KEYS = dict(zip(("WS", "KR", "SPAD", "NBUF"), gpu.state_staging("cuda", 64, 128, 128, 4), strict=True))
+STAGING_FP32_KEYS = dict(zip(PLAN, gpu.state_staging("cuda", 64, 128, 128, 4), strict=True))
 CASES |= {
-    "chunk_prep-model-mix": ("chunk_prep", "bfloat16", dict(IX=False, KT="float32", VT="bfloat16", KX=False,
-                                                           VX=True, TF=True, C=64, **SIZES, KS=32,
+    "chunk_prep-model-mix": ("chunk_prep", "bfloat16", dict(IX=False, KT="float32", VT="bfloat16", WT="float32",
+                                                           KX=False, VX=True, TF=True, C=64, **SIZES, KS=32,
                                                            NT=gpu.PREP_THREADS)),
-    "chunk_state-model-mix": ("chunk_state", "bfloat16", dict(KT="float32", KX=False, TF=True, C=64, **SIZES, TV=16,
-                                                             **STAGING_FP32_KEYS, NT=gpu.STATE_THREADS)),
+    "chunk_state-model-mix": ("chunk_state", "bfloat16", dict(KT="float32", WT="float32", KX=False, TF=True, C=64,
+                                                             **SIZES, TV=16, **STAGING_FP32_KEYS,
+                                                             NT=gpu.STATE_THREADS)),
     "chunk_out-model-mix": ("chunk_out", "bfloat16", dict(OutT="bfloat16", QT="float32", QX=False, TF=True, C=64,
                                                          **SIZES, TO=64, KS=32, NT=gpu.OUT_THREADS)),
 }
@@ -101,7 +109,7 @@ def test_cuda_form_compiles(case, tmp_path):
     fp32 = {"g", "beta", "w", "u", "p", "gc", "hs", "r", "state_in", "state_out", "a_log", "dt_bias"}
     mix = MODEL_MIX if case.endswith("model-mix") else {}
     types = {n: "float32" if n in fp32 else mix.get(n, dtype)
-             for n in gpu.BODIES[body][0] + gpu.BODIES[body][1]}
+             for n in gpu.BODIES[body][0] + gpu.BODIES[body][1]} | {"w": template.get("WT", "float32")}
     r = nvcc(tmp_path, cuda_text(body, types, types, template))
     assert r.returncode == 0, r.stderr[-4000:]
 
@@ -112,8 +120,8 @@ def test_state_pass_staging_plan_matches_the_compiled_shared_memory(dk, backend,
     """The plan `unsupported` and the launch rely on: ptxas's own shared-memory count of the state pass equals
     the byte count the plan is checked with, for CUDA's and Metal's plans (the body is the same)."""
     ws, kr, pad, nbuf = gpu.state_staging(backend, 64, dk, 128, 4)  # fp32 keys (KT = float32 below)
-    template = dict(KT="float32", KX=False, TF=False, C=64, DK=dk, DV=128, HK=16, HV=16, TV=gpu.STATE_TILE,
-                    WS=ws, KR=kr, SPAD=pad, NBUF=nbuf, NT=gpu.STATE_THREADS)
+    template = dict(KT="float32", WT="float32", KX=False, TF=False, C=64, DK=dk, DV=128, HK=16, HV=16,
+                    TV=gpu.STATE_TILE, WS=ws, KR=kr, SPAD=pad, NBUF=nbuf, NT=gpu.STATE_THREADS)
     types = dict.fromkeys(gpu.BODIES["chunk_state"][0] + gpu.BODIES["chunk_state"][1], "float32")
     r = nvcc(tmp_path, cuda_text("chunk_state", types, types, template), "-Xptxas", "-v")
     assert r.returncode == 0, r.stderr[-4000:]
@@ -124,11 +132,31 @@ def test_state_pass_staging_plan_matches_the_compiled_shared_memory(dk, backend,
     assert (gpu.unsupported(q, v, 64, backend) is None) == fits
 
 
+@pytest.mark.parametrize("C", [16, 32, 64])
+@pytest.mark.parametrize("dk", [64, 128, 256])
+def test_16_bit_state_pass_plan_matches_the_compiled_shared_memory(dk, C, tmp_path):
+    """The same for the 16-bit products (bf16 keys and w): where ptxas's count fits, gpu.w_dtype picks them; where
+    it does not (the copy of S in 16 bits beside the fp32 one), it keeps an fp32 w and the TF32 products."""
+    ws, kr, pad, nbuf = gpu.state_staging("cuda", C, dk, 128, 2, 2)
+    template = dict(KT="bfloat16", WT="bfloat16", KX=True, TF=True, C=C, DK=dk, DV=128, HK=16, HV=16,
+                    TV=gpu.STATE_TILE, WS=ws, KR=kr, SPAD=pad, NBUF=nbuf, NT=gpu.STATE_THREADS)
+    types = dict.fromkeys(gpu.BODIES["chunk_state"][0] + gpu.BODIES["chunk_state"][1], "float32")
+    types |= {"k": "bfloat16", "w": "bfloat16"}
+    r = nvcc(tmp_path, cuda_text("chunk_state", types, types, template), "-Xptxas", "-v")
+    assert r.returncode == 0, r.stderr[-4000:]
+    smem = int(re.search(r"(\d+) bytes smem", r.stderr).group(1))
+    assert smem == gpu._state_bytes(C, dk, ws, kr, pad, nbuf, 2, 2)
+    k = mx.zeros((1, 1, 1, dk), dtype=mx.bfloat16)
+    want = mx.bfloat16 if smem <= gpu.SMEM_BYTES["cuda"] else mx.float32
+    assert gpu.w_dtype("cuda", True, k, k, C, 128) == want
+
+
 @pytest.mark.parametrize("dtype,D", [("bfloat16", 256), ("float16", 128), ("bfloat16", 64)])
 def test_attention_kernel_compiles_without_spills(dtype, D, tmp_path):
     """The fused attention kernel (CUDA only) as MLX would wrap it: compiles for sm_90, and its O tile (D / 2
     floats a thread at D = 256) stays in registers (a spill would put it in local memory every key tile)."""
-    text = kernel_text("attn", gpu.read_source("attention_cuda.body"), gpu.read_source("attention_cuda.h"),
+    header = gpu.read_source("helpers_cuda.h") + gpu.read_source("attention_cuda.h")
+    text = kernel_text("attn", gpu.read_source("attention_cuda.body"), header,
                        ("q", "k", "v"), ("out",), dict.fromkeys(("q", "k", "v", "out"), dtype),
                        dict(DT=dtype, D=D, HQ=8, HKV=2))
     r = nvcc(tmp_path, text, "-Xptxas", "-v")

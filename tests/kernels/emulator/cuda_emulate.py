@@ -60,7 +60,7 @@ def record_launches(fn: Callable[[], object]) -> tuple[object, list[Launch]]:
 
     def attention_kernel(shared: int):
         return recorder("attention", (("q", "k", "v"), ("out",)), gpu.read_source("attention_cuda.body"),
-                        gpu.read_source("attention_cuda.h"), shared)
+                        gpu.read_source("helpers_cuda.h") + gpu.read_source("attention_cuda.h"), shared)
 
     def norm_kernel(backend: str, body: str = "add_rms_norm"):
         return recorder(body, norm.BODIES[body], *gpu.kernel_sources("cuda", f"{body}.body"))
