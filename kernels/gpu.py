@@ -148,8 +148,9 @@ def _state_bytes(C: int, Dk: int, ws: int, kr: int, pad: int, nbuf: int, key_byt
 
 
 def w_dtype(backend: str, tf: bool, q: mx.array, k: mx.array, C: int, Dv: int) -> mx.Dtype:
-    """The dtype phase A writes W in: k's 16-bit dtype where the state pass multiplies on 16-bit tensor cores
-    (CUDA, plain TF32 allowed, 16-bit q and k, its plan in shared memory), else fp32."""
+    """The dtype of the intermediates that feed only tensor cores (W, P, the chunk-start states, R): k's 16-bit
+    dtype where the state pass and the output kernel multiply on 16-bit tensor cores (CUDA, plain TF32 allowed,
+    16-bit q and k, the state pass's plan in shared memory), else fp32."""
     if backend != "cuda" or not tf or k.dtype not in HALF or q.dtype != k.dtype:
         return mx.float32
     Dk = k.shape[-1]
@@ -219,7 +220,7 @@ class ChunkPlan:
             q, k = q.astype(mx.float32), k.astype(mx.float32)
         return self._call(
             "chunk_prep", [q, k, v, g.astype(mx.float32), beta.astype(mx.float32)],
-            [(BH, N, C, Dk), (BH, N, C, Dv), (BH, N, C, C), (BH, N, C)], [wt] + [mx.float32] * 3,
+            [(BH, N, C, Dk), (BH, N, C, Dv), (BH, N, C, C), (BH, N, C)], [wt, mx.float32, wt, mx.float32],
             (N * PREP_THREADS, BH, 1), PREP_THREADS,
             [("IX", q.dtype in HALF and k.dtype in HALF), ("KT", k.dtype), ("VT", v.dtype), ("WT", wt),
              ("KX", k.dtype in HALF),
@@ -232,7 +233,7 @@ class ChunkPlan:
         ws, kr, pad, nbuf = state_staging(self.backend, C, Dk, Dv, k.dtype.size, w.dtype.size)
         return self._call(
             "chunk_state", [k, w, u, gc, state.astype(mx.float32)],
-            [(BH, N, Dk, Dv), (BH, N, C, Dv), (self.B, self.Hv, Dv, Dk)], [mx.float32] * 3,
+            [(BH, N, Dk, Dv), (BH, N, C, Dv), (self.B, self.Hv, Dv, Dk)], [w.dtype, w.dtype, mx.float32],
             (Dv // STATE_TILE * STATE_THREADS, BH, 1), STATE_THREADS,
             [("KT", k.dtype), ("WT", w.dtype), ("KX", k.dtype in HALF), self.tf, ("C", C), *self.sizes,
              ("TV", STATE_TILE), ("WS", ws), ("KR", kr), ("SPAD", pad), ("NBUF", nbuf), ("NT", STATE_THREADS)],
@@ -242,8 +243,8 @@ class ChunkPlan:
         (out,) = self._call(
             "chunk_out", [q, hs, r, p, gc], [self.shape_v], [dtype],
             (self.N * OUT_THREADS, self.Dv // self.to, self.BH), OUT_THREADS,
-            [("OutT", dtype), ("QT", q.dtype), ("QX", q.dtype in HALF), self.tf, ("C", self.C), *self.sizes,
-             ("TO", self.to), ("KS", self.ks), ("NT", OUT_THREADS)],
+            [("OutT", dtype), ("QT", q.dtype), ("HT", hs.dtype), ("QX", q.dtype in HALF), self.tf, ("C", self.C),
+             *self.sizes, ("TO", self.to), ("KS", self.ks), ("NT", OUT_THREADS)],
         )
         return out
 

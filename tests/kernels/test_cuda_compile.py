@@ -54,7 +54,8 @@ CASES = {
                             VX=True, C=64, **SIZES, KS=gpu.SLICE["cuda"], NT=gpu.PREP_THREADS)),
         ("chunk_state", dict(KT="bfloat16", WT="bfloat16" if tf else "float32", KX=True, C=64, **SIZES, TV=16,
                              **(STAGING16 if tf else STAGING), NT=gpu.STATE_THREADS)),
-        ("chunk_out", dict(OutT="bfloat16", QT="bfloat16", QX=True, C=64, **SIZES, TO=64, KS=32, NT=gpu.OUT_THREADS)),
+        ("chunk_out", dict(OutT="bfloat16", QT="bfloat16", HT="bfloat16" if tf else "float32", QX=True, C=64,
+                           **SIZES, TO=64, KS=32, NT=gpu.OUT_THREADS)),
     ]
 } | {
     "serial-fp32": ("serial", "float32", dict(OutT="float32", **SIZES, RPW=gpu.SERIAL_ROWS)),
@@ -67,8 +68,8 @@ CASES = {
     "chunk_state-bf16-tf32-fp32w": ("chunk_state", "bfloat16", dict(KT="bfloat16", WT="float32", KX=True, TF=True,
                                                                    C=64, **SIZES, TV=16, **STAGING,
                                                                    NT=gpu.STATE_THREADS)),
-    "chunk_out-fp16-tf32": ("chunk_out", "float16", dict(OutT="float16", QT="float16", QX=True, TF=True, C=64,
-                                                        **SIZES, TO=64, KS=32, NT=gpu.OUT_THREADS)),
+    "chunk_out-fp16-tf32": ("chunk_out", "float16", dict(OutT="float16", QT="float16", HT="float16", QX=True, TF=True,
+                                                        C=64, **SIZES, TO=64, KS=32, NT=gpu.OUT_THREADS)),
     "serial-fp16": ("serial", "float16", dict(OutT="float16", **SIZES, RPW=gpu.SERIAL_ROWS)),
     "decode-bf16": ("decode", "bfloat16", dict(OutT="bfloat16", WT="bfloat16", CK=4, **SIZES,
                                                RPW=gpu.decode_rows(128), EPS=gpu.float_bits(1e-6))),
@@ -90,8 +91,9 @@ CASES |= {
     "chunk_state-model-mix": ("chunk_state", "bfloat16", dict(KT="float32", WT="float32", KX=False, TF=True, C=64,
                                                              **SIZES, TV=16, **STAGING_FP32_KEYS,
                                                              NT=gpu.STATE_THREADS)),
-    "chunk_out-model-mix": ("chunk_out", "bfloat16", dict(OutT="bfloat16", QT="float32", QX=False, TF=True, C=64,
-                                                         **SIZES, TO=64, KS=32, NT=gpu.OUT_THREADS)),
+    "chunk_out-model-mix": ("chunk_out", "bfloat16", dict(OutT="bfloat16", QT="float32", HT="float32", QX=False,
+                                                         TF=True, C=64, **SIZES, TO=64, KS=32,
+                                                         NT=gpu.OUT_THREADS)),
 }
 
 
@@ -109,7 +111,9 @@ def test_cuda_form_compiles(case, tmp_path):
     fp32 = {"g", "beta", "w", "u", "p", "gc", "hs", "r", "state_in", "state_out", "a_log", "dt_bias"}
     mix = MODEL_MIX if case.endswith("model-mix") else {}
     types = {n: "float32" if n in fp32 else mix.get(n, dtype)
-             for n in gpu.BODIES[body][0] + gpu.BODIES[body][1]} | {"w": template.get("WT", "float32")}
+             for n in gpu.BODIES[body][0] + gpu.BODIES[body][1]}
+    wt = template.get("WT", template.get("HT", "float32"))  # the intermediates feeding only tensor cores
+    types |= {n: wt for n in ("w", "p", "hs", "r") if n in types}
     r = nvcc(tmp_path, cuda_text(body, types, types, template))
     assert r.returncode == 0, r.stderr[-4000:]
 

@@ -63,6 +63,28 @@ def test_bf16_cuda_kernels_match_the_oracle(tmp_path, monkeypatch, tf32, shape):
     assert_close_to_scale("state", state, ref_state, rel=5e-3 if tf32 == "1" else 1e-5)
 
 
+@pytest.mark.parametrize("dtype", [mx.bfloat16, mx.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("tf32", ["1", "0"], ids=["TF32", "3xTF32"])
+def test_16_bit_products_take_the_inputs_dtype_only_under_plain_tf32(tmp_path, monkeypatch, tf32, dtype):
+    """The intermediates that only feed tensor cores (w, p, the chunk-start states, r) are 16-bit exactly where
+    the later kernels multiply in 16 bits (plain TF32 allowed), in the inputs' own dtype; the results still meet
+    the oracle (fp16: the __half fragments of the same path)."""
+    monkeypatch.setenv("MLX_ENABLE_TF32", tf32)
+    shape = SHAPES["Dk128"]
+    ref, (q, k, v, g, beta, s0) = make_gdn_inputs(**shape, dtype=dtype)
+    (out, state), launches = record_launches(
+        lambda: gpu.chunked(q, k, v, g, beta, s0, chunk_size=64, backend="cuda"))
+    prep, states, _ = launches
+    want = dtype if tf32 == "1" else mx.float32
+    assert [prep.outputs[0].dtype, prep.outputs[2].dtype] == [want, want]  # w, p
+    assert [states.outputs[0].dtype, states.outputs[1].dtype] == [want, want]  # hs, r
+    results = run_launches(launches, tmp_path)
+    ref_out, ref_state = oracle.serial(*ref)
+    assert_close_to_scale("out", as_float(results[id(out)], out.dtype), ref_out, rel=1e-2)
+    assert_close_to_scale("state", as_float(results[id(state)], state.dtype), ref_state,
+                          rel=5e-3 if tf32 == "1" else 1e-5)
+
+
 def test_thread_sanitizer_is_silent_on_the_cuda_form(tmp_path, monkeypatch):
     monkeypatch.setenv("MLX_ENABLE_TF32", "1")
     _chunked(tmp_path, mx.bfloat16, 64, sanitize=True)  # run_launches fails on any ThreadSanitizer report
