@@ -147,13 +147,14 @@ def _state_bytes(C: int, Dk: int, ws: int, kr: int, pad: int, nbuf: int, key_byt
     return 4 * Dk * (STATE_TILE + pad) + rs + 4 * nbuf * _slot_floats(C, Dk, ws, kr, key_bytes, w_bytes)
 
 
-def w_dtype(backend: str, tf: bool, q: mx.array, k: mx.array, C: int, Dv: int) -> mx.Dtype:
+def w_dtype(backend: str, tf: bool, q: mx.array, k: mx.array, v: mx.array, C: int) -> mx.Dtype:
     """The dtype of the intermediates that feed only tensor cores (W, P, the chunk-start states, R): k's 16-bit
-    dtype where the state pass and the output kernel multiply on 16-bit tensor cores (CUDA, plain TF32 allowed,
-    16-bit q and k, the state pass's plan in shared memory), else fp32."""
-    if backend != "cuda" or not tf or k.dtype not in HALF or q.dtype != k.dtype:
+    dtype where phase A's W / U products, the state pass and the output kernel multiply on 16-bit tensor cores
+    (CUDA, plain TF32 allowed, q, k and v of one 16-bit dtype, the state pass's plan in shared memory), else
+    fp32."""
+    if backend != "cuda" or not tf or k.dtype not in HALF or not q.dtype == k.dtype == v.dtype:
         return mx.float32
-    Dk = k.shape[-1]
+    Dk, Dv = k.shape[-1], v.shape[-1]
     fits = _state_bytes(C, Dk, *state_staging(backend, C, Dk, Dv, 2, 2), 2, 2) <= SMEM_BYTES[backend]
     return k.dtype if fits else mx.float32
 
@@ -215,7 +216,7 @@ class ChunkPlan:
 
     def prep(self, q, k, v, g, beta):
         C, N, BH, Dk, Dv = self.C, self.N, self.BH, self.Dk, self.Dv
-        wt = w_dtype(self.backend, self.tf[1], q, k, C, Dv)
+        wt = w_dtype(self.backend, self.tf[1], q, k, v, C)
         if q.dtype != k.dtype:  # the body stages q and k slices as stored, in one element type: widen (exact)
             q, k = q.astype(mx.float32), k.astype(mx.float32)
         return self._call(

@@ -150,9 +150,9 @@ def test_16_bit_state_pass_plan_matches_the_compiled_shared_memory(dk, C, tmp_pa
     assert r.returncode == 0, r.stderr[-4000:]
     smem = int(re.search(r"(\d+) bytes smem", r.stderr).group(1))
     assert smem == gpu._state_bytes(C, dk, ws, kr, pad, nbuf, 2, 2)
-    k = mx.zeros((1, 1, 1, dk), dtype=mx.bfloat16)
+    k, v = mx.zeros((1, 1, 1, dk), dtype=mx.bfloat16), mx.zeros((1, 1, 1, 128), dtype=mx.bfloat16)
     want = mx.bfloat16 if smem <= gpu.SMEM_BYTES["cuda"] else mx.float32
-    assert gpu.w_dtype("cuda", True, k, k, C, 128) == want
+    assert gpu.w_dtype("cuda", True, k, k, v, C) == want
 
 
 @pytest.mark.parametrize("dtype,D", [("bfloat16", 256), ("float16", 128), ("bfloat16", 64)])
