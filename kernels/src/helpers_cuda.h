@@ -20,11 +20,6 @@ __device__ inline void ds_mma_tf32(float* c, const unsigned* a, const unsigned* 
 }
 // ldmatrix (sm_75+): 8 x 8 matrices of 16-bit elements from shared memory, lane 8i + r giving row r's address of
 // matrix i; lane 4g + t receives elements (g, 2t), (g, 2t + 1) of each (.trans: (2t, g), (2t + 1, g)), packed.
-__device__ inline void ds_ldmatrix_x4(unsigned* r, const void* p) {
-  const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(p));
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
-}
 __device__ inline void ds_ldmatrix_x2(unsigned* r, const void* p) {
   const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(p));
   asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];" : "=r"(r[0]), "=r"(r[1]) : "r"(a));
@@ -222,7 +217,7 @@ __device__ inline void ds_mma_block(float* acc, PA a, int am, int ak, PB b, int 
     if constexpr (ALOAD == DS_A_ROWS32) {
       // lanes 8i..8i+7 address matrix i: rows (i & 1) * 8 + 0..7, fp32 columns (i >> 1) * 4 .. + 3
       unsigned r[4];
-      ds_ldmatrix_x4(r, a + (16 * m + (lane & 7) + ((lane >> 3) & 1) * 8) * am + (lane >> 4) * 4);
+      fa_ldmatrix_x4<false>(r, a + (16 * m + (lane & 7) + ((lane >> 3) & 1) * 8) * am + (lane >> 4) * 4);
       for (int e = 0; e < 4; ++e) v[e] = __uint_as_float(r[e]);
     } else if constexpr (ALOAD == DS_A_ROWS16) {
       // matrix 0: rows 0..7 (lanes 0..7 address them), matrix 1: rows 8..15; 8 16-bit columns k = 0..7 each

@@ -120,7 +120,6 @@ inline void ds_ldmatrix(unsigned* r, const void* p, int count, bool trans) {
   }
   w.bar->arrive_and_wait();
 }
-inline void ds_ldmatrix_x4(unsigned* r, const void* p) { ds_ldmatrix(r, p, 4, false); }
 inline void ds_ldmatrix_x2(unsigned* r, const void* p) { ds_ldmatrix(r, p, 2, false); }
 inline void ds_ldmatrix_x2_trans(unsigned* r, const void* p) { ds_ldmatrix(r, p, 2, true); }
 
@@ -182,6 +181,3 @@ inline unsigned fa_pack(float lo, float hi) {  // two floats rounded to nearest 
   return static_cast<unsigned>(T(lo).bits) | (static_cast<unsigned>(T(hi).bits) << 16);
 }
 inline void fa_copy16(void* dst, const void* src, bool valid) { ds_copy16_now(dst, src, valid); }
-inline void fa_commit() {}
-template <int N>
-inline void fa_wait() {}
