@@ -21,8 +21,9 @@
 #   bash tools/device-checks.sh ab-prefill # chunked prefill (bench/prefill_submit.py, the shipped submission) in a
 #                                        # base tree (exp/base, as for `ab`) against this tree's, alternating
 #   bash tools/device-checks.sh ttft-gil # server TTFT with CPython's GIL switch interval lowered (5 / 1 / 0.2 ms)
-#   bash tools/device-checks.sh state-ncu # the state pass at 16384 tokens under Nsight Compute's full set: stall
-#                                        # reasons, shared-memory wavefronts and the source lines they come from
+#   bash tools/device-checks.sh state-ncu [KERNEL] # the state pass (or KERNEL: chunk_prep, chunk_out) at 16384
+#                                        # tokens under Nsight Compute's full set: stall reasons, shared-memory
+#                                        # wavefronts and the source lines they come from
 #   bash tools/device-checks.sh ab-kernels # bench/gpu_kernels.py (ours vs fla, whole core) in exp/base and this tree,
 #                                        # alternating, 4096 / 16384 tokens
 #   bash tools/device-checks.sh lengths  # what a new prompt length costs its first request (prefill, 2nd token),
@@ -200,10 +201,11 @@ case "${1:?part: e2e, gates, kernels or tiles}" in
     # The GDN state pass (the chunked core's sequential phase, ~half its time at 16384 tokens), its second call
     # (the first compiles), under Nsight Compute's full set with the CUDA source: where its warps stall, the
     # shared-memory traffic per instruction (bank conflicts), and the hottest source lines.
-    timeout 450 ncu --kernel-name regex:chunk_state --launch-skip 1 --launch-count 1 --set full --import-source yes \
+    kern=${2:-chunk_state}  # or chunk_prep (phase A), chunk_out
+    timeout 450 ncu --kernel-name regex:$kern --launch-skip 1 --launch-count 1 --set full --import-source yes \
       --page details --print-details all python3 bench/profile_run.py gdn 16384 --repeat 2 2>&1 \
       | tee "$out/state-ncu-details.txt" | grep -i -A2 "stall\|bank\|wavefront\|Duration\|Warp Cycles" | head -80
-    timeout 120 ncu --kernel-name regex:chunk_state --launch-skip 1 --launch-count 1 --import-source yes \
+    timeout 120 ncu --kernel-name regex:$kern --launch-skip 1 --launch-count 1 --import-source yes \
       --section SourceCounters --page source --print-source cuda,sass --csv python3 bench/profile_run.py gdn 16384 \
       --repeat 2 > "$out/state-ncu-source.csv" 2>/dev/null; wc -l "$out/state-ncu-source.csv"
     ;;
