@@ -79,6 +79,19 @@ def test_emulated_chunked_kernels_match_the_oracle(sources, case, tmp_path, chun
     assert_close_to_scale("state", state, ref_state, rel=REL)
 
 
+def test_emulated_chunked_kernels_match_the_oracle_with_weak_decay(sources, tmp_path, chunk):
+    """Weak decay keeps a chunk's tokens coupled: the blocked inverse's merges (T's off-diagonal blocks) carry
+    weight here, where the model-like decays of `case` leave them ~0 (dropping a merge's k-step passed those)."""
+    ref, arrays = make_gdn_inputs(**SHAPE, decay="weak")
+    q, k, v, g, beta, s0 = (np.array(a) for a in arrays)
+    out, state, runs = run_chunked(sources, (ref, dict(q=q, k=k, v=v, g=g, beta=beta, state_in=s0)), tmp_path,
+                                   chunk)
+    assert all(r.returncode == 0 for r in runs), [r.stderr for r in runs]
+    ref_out, ref_state = oracle.serial(*ref)
+    assert_close_to_scale("out", out, ref_out, rel=REL)
+    assert_close_to_scale("state", state, ref_state, rel=REL)
+
+
 @pytest.mark.parametrize("plan", [(16, 16, 8, 3), (32, 16, 0, 4)], ids=lambda p: f"ring{p[3]}")
 def test_emulated_state_pass_with_cuda_style_rings(case, tmp_path, plan):
     """CUDA's planner runs the state pass's ring 2-3 rounds ahead (Metal's: 1); the slot arithmetic of deeper
