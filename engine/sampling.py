@@ -52,7 +52,8 @@ class SamplingParams:
 
 def make_key(seed: int | None) -> mx.array:
     """Per-request PRNG key: a given seed reproduces a request's samples whatever else runs."""
-    return mx.random.key(seed if seed is not None else int.from_bytes(os.urandom(4), "little"))
+    # any integer seeds: MLX's key takes an unsigned 64-bit one, so negative or larger seeds wrap (-1 -> 2**64 - 1)
+    return mx.random.key(seed % 2**64 if seed is not None else int.from_bytes(os.urandom(4), "little"))
 
 
 def make_sampler(p: SamplingParams) -> Sampler:

@@ -122,8 +122,9 @@ async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     message = exc.detail if isinstance(exc.detail, str) else "request failed"
     if exc.status_code == 404:
         message = f"No route {request.method} {request.url.path}."
-    elif exc.status_code == 400 and "parsing the body" in message:  # e.g. bytes that are not UTF-8
-        type_, code, message = "invalid_request_error", "invalid_json", "The request body is not UTF-8 JSON."
+    elif exc.status_code == 400 and "parsing the body" in message:  # bytes that are not UTF-8, or nested too deep
+        type_, code = "invalid_request_error", "invalid_json"
+        message = "The request body could not be read as JSON: it is not UTF-8, or it is nested too deeply."
     err = ApiError(exc.status_code, message, type=type_, code=code, headers=dict(exc.headers or {}))
     return error_json(err, request)
 

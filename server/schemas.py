@@ -7,13 +7,36 @@ sampling fields and the per-request `timings` object — sit in marked blocks wi
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from engine.sampling import SamplingParams
+from server.errors import ApiError
 
 NonNegInt = Annotated[int, Field(ge=0)]
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def lone_surrogate(data: Any) -> str | None:
+    """The field path (`messages.0.content`) of the first string in a parsed JSON body that holds a UTF-16
+    surrogate code point (only a lone one survives JSON decoding), or None. Iterative: a body nested as deep as
+    the JSON parser allows must not exhaust Python's stack here."""
+    stack = [("", data)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, str):
+            if not value.isascii() and _SURROGATE.search(value):
+                return path or "body"
+            continue
+        items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+        children = []
+        for key, item in items:
+            where = f"{path}.{key}" if path else str(key)
+            children += [(path or "body", key), (where, item)] if isinstance(key, str) else [(where, item)]
+        stack += reversed(children)  # depth first, in document order
+    return None
 
 
 class StreamOptions(BaseModel):
@@ -33,6 +56,16 @@ class _Sampling(BaseModel):
         `"temperature": null`); a required one is then reported missing."""
         return {k: v for k, v in data.items() if v is not None} if isinstance(data, dict) else data
 
+    @model_validator(mode="before")
+    @classmethod
+    def _unicode_text(cls, data: Any) -> Any:
+        """A string holding a lone UTF-16 surrogate (JSON's `"\\ud83d"` without its pair) is no Unicode text, so
+        no tokenizer encodes it: a 400 naming the field, not an engine failure."""
+        if (where := lone_surrogate(data)) is not None:
+            raise ApiError(400, f"The string at '{where}' is not valid Unicode: it holds a lone UTF-16 surrogate "
+                                "(a \\ud800-\\udfff escape without its pair).", param=where)
+        return data
+
     model: str
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     logit_bias: dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]] | None = None
@@ -40,7 +73,7 @@ class _Sampling(BaseModel):
     n: int = Field(1, ge=1, le=16, description="choices per prompt, each sampled on its own (with a seed: seed, "
                                               "seed + 1, ...); streamed one after another")
     presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-(2**63), lt=2**64, description="a 64-bit integer (signed or not)")
     stop: str | list[str] | None = Field(None, description="up to 16 stop strings, matched on text and removed")
     stream: bool = False
     stream_options: StreamOptions | None = None

@@ -67,6 +67,19 @@ CASES = {
     "body-10MB": ("/v1/completions", _json({**COMPLETION, "prompt": "a" * (10 * 1024 * 1024)}), 413,
                   "request_too_large", None),
     "null-model": ("/v1/completions", _json({**COMPLETION, "model": None}), 400, "invalid_request_error", "model"),
+    "seed-past-64-bits": ("/v1/completions", _json({**COMPLETION, "seed": 2**64}), 400, "invalid_request_error",
+                          "seed"),
+    # JSON's \ud83d without its pair: Python decodes it to a lone surrogate, which no tokenizer can encode
+    "lone-surrogate": ("/v1/completions", b'{"model": "demo", "prompt": "\\ud83d", "max_tokens": 2}', 400,
+                       "invalid_request_error", "prompt"),
+    "lone-surrogate-in-a-batch": ("/v1/completions", b'{"model": "demo", "prompt": ["a", "b\\udc00"], "stream": true}',
+                                  400, "invalid_request_error", "prompt.1"),
+    "lone-surrogate-in-a-chat-part": ("/v1/chat/completions", b'{"model": "demo", "messages": [{"role": "user", '
+                                      b'"content": [{"type": "text", "text": "x\\udfff"}]}]}', 400,
+                                      "invalid_request_error", "messages.0.content.0.text"),
+    # as deep as the JSON parser takes (its limit is Python's recursion limit): the checks must not recurse past it
+    **{f"nested-{d}": ("/v1/completions", _json({**COMPLETION, "user": "x"})[:-1] + b', "stop": ' + b"[" * d
+                       + b"]" * d + b"}", 400, "invalid_request_error", None) for d in (900, 962, 2000)},
 }
 
 
@@ -82,6 +95,15 @@ def test_bad_request_gets_its_documented_status(server, case):
         assert error["param"] == param
     assert r.headers["x-request-id"]
     assert httpx.get(server.url + "/health").status_code == 200
+
+
+def test_any_64_bit_seed_reproduces_its_samples(server):
+    """Seeds are 64-bit integers, signed or not (as vLLM takes them): each reproduces its own samples."""
+    for seed in (-1, -(2**63), 2**64 - 1):
+        body = {**COMPLETION, "seed": seed, "temperature": 1.0, "max_tokens": 6, "ignore_eos": True, "n": 2}
+        first, again = (httpx.post(server.url + "/v1/completions", json=body, timeout=60) for _ in range(2))
+        assert first.status_code == again.status_code == 200, first.text
+        assert [c["text"] for c in first.json()["choices"]] == [c["text"] for c in again.json()["choices"]]
 
 
 # every optional field OpenAI's API documents as nullable, given as null (as LangChain and others send them)
