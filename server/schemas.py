@@ -21,21 +21,23 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 
 def lone_surrogate(data: Any) -> str | None:
     """The field path (`messages.0.content`) of the first string in a parsed JSON body that holds a UTF-16
-    surrogate code point (only a lone one survives JSON decoding), or None. Iterative: a body nested as deep as
-    the JSON parser allows must not exhaust Python's stack here."""
-    stack = [("", data)]
+    surrogate code point (only a lone one survives JSON decoding), or None. Iterative (a body nested as deep as
+    the JSON parser allows must not exhaust Python's stack here), and a list that starts with a number is taken
+    as a token-id list and skipped: it costs nothing on a long prompt of ids (a list mixing numbers and strings
+    fails the schema anyway)."""
+    stack: list[tuple[tuple, Any]] = [((), data)]
     while stack:
         path, value = stack.pop()
         if isinstance(value, str):
             if not value.isascii() and _SURROGATE.search(value):
-                return path or "body"
-            continue
-        items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
-        children = []
-        for key, item in items:
-            where = f"{path}.{key}" if path else str(key)
-            children += [(path or "body", key), (where, item)] if isinstance(key, str) else [(where, item)]
-        stack += reversed(children)  # depth first, in document order
+                return ".".join(map(str, path)) or "body"
+        elif isinstance(value, dict):
+            for key, item in reversed(value.items()):
+                if isinstance(key, str) and not key.isascii() and _SURROGATE.search(key):
+                    return ".".join(map(str, path)) or "body"
+                stack.append(((*path, key), item))
+        elif isinstance(value, list) and value and not isinstance(value[0], int | float):
+            stack.extend(((*path, i), value[i]) for i in range(len(value) - 1, -1, -1))
     return None
 
 

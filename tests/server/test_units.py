@@ -6,7 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from engine.generate import DEFAULT_PREFILL_STEP, PREFILL_STEP_BY_BACKEND, default_prefill_step
-from server.schemas import TimingRecord, Timings
+from server.schemas import TimingRecord, Timings, lone_surrogate
 from server.settings import Settings
 from server.streaming import ReasoningSplitter
 from server.timing_store import TimingStore
@@ -69,3 +69,26 @@ def test_prefill_step_defaults_to_the_backends_and_a_given_one_wins():
     assert default_prefill_step("metal") == default_prefill_step("cpu") == DEFAULT_PREFILL_STEP
     assert Settings().prefill_options().step_size == default_prefill_step()  # this machine's backend
     assert Settings(prefill_step=96).prefill_options().step_size == 96
+
+
+@pytest.mark.parametrize("body, where", [
+    ({"model": "m", "prompt": "fine \U0001f600"}, None),  # a surrogate pair decodes to one code point
+    ({"model": "m", "prompt": "\ud83d"}, "prompt"),
+    ({"prompt": ["a", "b\udfff"]}, "prompt.1"),
+    ({"messages": [{"role": "user", "content": [{"type": "text", "text": "\udc00"}]}]}, "messages.0.content.0.text"),
+    ({"logit_bias": {"\ud800": 1}}, "logit_bias"),  # a key: its object's path
+    ({"prompt": [[1, 2], ["x\ud800"]]}, "prompt.1.0"),
+    ({"prompt": [1, "\ud800"]}, None),  # a list that starts with a number is a token-id list (the schema refuses mixes)
+])
+def test_lone_surrogates_are_found_with_their_field_path(body, where):
+    assert lone_surrogate(body) == where
+
+
+def test_the_surrogate_check_walks_any_depth():
+    """Iterative: nesting as deep as a JSON parser could hand over does not reach Python's recursion limit."""
+    inner = deep = []
+    for _ in range(50_000):
+        inner.append([])
+        inner = inner[0]
+    inner.append("\ud800")
+    assert lone_surrogate({"stop": deep}) == "stop." + ".".join(["0"] * 50_001)
