@@ -67,7 +67,8 @@ class EngineRun:
         self.received, self.prompt, self.params = received, prompt, params
         self._events: asyncio.Queue[Event] = asyncio.Queue()
         loop = asyncio.get_running_loop()
-        self.job = Job(prompt, params, lambda ev: loop.call_soon_threadsafe(self._events.put_nowait, ev), score_top_k)
+        self.job = Job(prompt, params, lambda ev: loop.call_soon_threadsafe(self._events.put_nowait, ev), score_top_k,
+                       handed_over=threading.Event())
         self.submitted = self.first_token = self.last_token = self.finished = None
         self.last: GenerationResult | None = None
         self.scores: Scores | None = None
@@ -87,6 +88,7 @@ class EngineRun:
 
     def cancel(self) -> None:
         self.job.cancel.set()
+        self.job.handed_over.set()
 
     @property
     def admitted(self) -> float | None:
@@ -106,9 +108,13 @@ class EngineRun:
                 event, pending = pending.result(), None
                 self._note(event)
                 yield event
+                # the consumer asks for the next event: it has sent this one on (a streamed chunk is written)
+                if isinstance(event, Token):
+                    self.job.handed_over.set()
                 if isinstance(event, Finished | Failed):
                     return
         finally:
+            self.job.handed_over.set()
             if pending is not None:
                 pending.cancel()
             if self.finished is None:  # the consumer stopped early (disconnect): stop the engine, and

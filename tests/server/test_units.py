@@ -1,12 +1,19 @@
-"""Server pieces that need no running server: reasoning split, timing store, settings."""
+"""Server pieces that need no running server: reasoning split, timing store, settings, schemas, the hand-over of a
+run's first token."""
 
 from __future__ import annotations
+
+import asyncio
 
 import pytest
 from pydantic import ValidationError
 
-from engine.generate import DEFAULT_PREFILL_STEP, PREFILL_STEP_BY_BACKEND, default_prefill_step
+from engine.generate import DEFAULT_PREFILL_STEP, PREFILL_STEP_BY_BACKEND, GenerationResult, default_prefill_step
+from engine.sampling import SamplingParams
+from engine.worker import EngineWorker, Token
+from server.metrics import Metrics
 from server.schemas import TimingRecord, Timings, lone_surrogate
+from server.service import AppState, EngineRun
 from server.settings import Settings
 from server.streaming import ReasoningSplitter
 from server.timing_store import TimingStore
@@ -92,3 +99,32 @@ def test_the_surrogate_check_walks_any_depth():
         inner = inner[0]
     inner.append("\ud800")
     assert lone_surrogate({"stop": deep}) == "stop." + ".".join(["0"] * 50_001)
+
+
+class ThreeTokens:
+    """A stand-in engine (the worker only calls generate): three results, the last one finishing."""
+
+    def generate(self, prompt, params, on_step):
+        for i in range(3):
+            yield GenerationResult(text=str(i), token=i, finish_reason="length" if i == 2 else None)
+
+
+def test_the_first_token_is_handed_over_once_its_consumer_has_sent_it():
+    """EngineRun sets the job's hand-over (which the engine thread waits on before its next decode step) when its
+    consumer asks for the event after the first token, i.e. once that token's chunk is written; not before."""
+
+    async def scenario() -> list[bool]:
+        worker = EngineWorker(ThreeTokens, warm_up=False).start()
+        assert worker.ready.wait(10)
+        state = AppState(settings=Settings(), worker=worker, store=TimingStore(4),
+                         metrics=Metrics("m", lambda: 0, lambda: 0))
+        run = EngineRun(state, endpoint="/v1/completions", response_id="r", request_id="q", received=0.0,
+                        prompt=[1, 2], params=SamplingParams(max_tokens=3)).submit()
+        seen = []
+        async for event in run.events():
+            if isinstance(event, Token):
+                seen.append(run.job.handed_over.is_set())  # while the consumer still holds this token
+        worker.stop()
+        return seen
+
+    assert asyncio.run(scenario()) == [False, True, True]
