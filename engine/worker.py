@@ -20,7 +20,7 @@ from engine.generate import GenerationResult, PromptScores
 from engine.sampling import SamplingParams
 
 log = logging.getLogger("deltaserve")
-FIRST_TOKEN_WAIT = 0.002  # seconds the engine thread gives a streaming caller to send the first token on
+FIRST_TOKEN_WAIT = 0.002  # seconds the engine thread gives a caller to pass the first token on
 
 
 class QueueFull(Exception):
@@ -77,9 +77,9 @@ class Job:
     # perf_counter when the job left the queue: set, not emitted, so the caller's thread is not woken up to
     # compete for the GIL while this thread builds the prefill (read with the job's later events)
     admitted: float | None = None
-    # Set by a caller that streams once it has sent the first token on: until then (at most FIRST_TOKEN_WAIT) the
-    # engine thread waits with the GIL released instead of building the next decode step, which otherwise held
-    # the first token back in the event loop (~0.8 ms on a CPU host). None: no wait.
+    # Set by the caller once it has passed the first token on (the server: once its chunk is written): until then
+    # (at most FIRST_TOKEN_WAIT) the engine thread waits with the GIL released instead of building the next decode
+    # step, which otherwise held the first token back in the event loop (~1 ms on a CPU host). None: no wait.
     handed_over: threading.Event | None = None
 
     @property
