@@ -174,17 +174,15 @@ class EngineWorker:
             job.emit(Scores(scores, time.perf_counter() - t0))
         reason = "length"
         if job.generates:
-            first = True
-            for result in self.engine.generate(job.prompt, job.params, on_step):
+            for n, result in enumerate(self.engine.generate(job.prompt, job.params, on_step)):
                 if job.cancel.is_set():
                     raise Cancelled
                 job.emit(Token(result, time.perf_counter()))  # token None: prefill-only (max_tokens 0)
-                if first and job.handed_over is not None and result.finish_reason is None:
+                if n == 0 and job.handed_over is not None and result.finish_reason is None:
                     job.handed_over.wait(FIRST_TOKEN_WAIT)  # the time to first token is the one a client sees
                 else:
                     # Release the GIL at once, so the event loop can send this token before this thread goes on
                     # queueing the next step (Python-heavy where decode is op by op; else up to a 5 ms switch wait).
                     time.sleep(0)
-                first = False
                 reason = result.finish_reason or reason
         job.emit(Finished(time.perf_counter(), reason))
