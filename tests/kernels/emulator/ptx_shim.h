@@ -56,6 +56,10 @@ inline float __half2float(__half h) { return static_cast<float>(h); }
 struct uint4 {
   unsigned x, y, z, w;
 };
+struct alignas(8) float2 {
+  float x, y;
+};
+inline float2 make_float2(float x, float y) { return {x, y}; }
 
 // The warp the calling thread is a lane of (set by the harness before it calls into the helpers).
 struct ds_warp {
