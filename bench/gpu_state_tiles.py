@@ -17,15 +17,15 @@ from kernels import gpu
 
 def set_tile(tv: int, nt: int, **shape) -> bool:
     """Switch the state pass to TV x NT; its staging plan depends on TV, so the cached plans are dropped. With a
-    shape, False (and the tile before back) when that tile's plan does not fit the static shared memory."""
+    shape, False (and the tile before back) when that tile's plan does not fit the state pass's shared memory."""
     shipped = (gpu.STATE_TILE, gpu.STATE_THREADS)
     gpu.STATE_TILE, gpu.STATE_THREADS = tv, nt
-    gpu.state_staging.cache_clear()
+    gpu.plan_staging.cache_clear()
     if not shape:
         return True
     C, Dk, Dv, kb, wb = (shape[x] for x in ("C", "Dk", "Dv", "key_bytes", "w_bytes"))
     plan = gpu.state_staging("cuda", C, Dk, Dv, kb, wb)
-    if Dv % tv == 0 and gpu._state_bytes(C, Dk, *plan, kb, wb) <= gpu.SMEM_BYTES["cuda"]:
+    if Dv % tv == 0 and gpu._state_bytes(C, Dk, *plan, kb, wb) <= gpu.state_budget("cuda"):
         return True
     set_tile(*shipped)
     return False

@@ -19,14 +19,12 @@ from dataclasses import dataclass
 import mlx.core as mx
 import numpy as np
 
+from kernels import gpu
 from kernels.gpu import build_kernel, cuda_off, float_bits, read_source
 
 ENV = "DELTASERVE_ATTENTION"  # "mlx": always MLX's own attention (for comparison)
 TILE = 64  # queries (and keys) per tile; 4 warps of 16 query rows
 THREADS = 128
-# Shared memory one block may opt into, by compute capability (KB; CUDA programming guide), for sm_80+ cards
-# (ldmatrix, cp.async and bf16 tensor cores).
-OPT_IN_SMEM_KB = {(8, 0): 163, (8, 6): 99, (8, 7): 163, (8, 9): 99, (9, 0): 227, (10, 0): 227, (12, 0): 99}
 DECODE_KEYS = 64  # keys one block of the split decode attention walks (16 a warp: a few memory round trips)
 DECODE_THREADS = 128
 DECODE_BODIES = {"attention_decode": (("q", "kn", "vn", "k", "v", "n", "wq", "wk"), ("po", "pm", "pl", "ko", "vo")),
@@ -38,16 +36,6 @@ QK_NAMES = (("qg", "k", "wq", "wk", "pos"), ("qo", "ko"))  # its inputs, outputs
 def shared_bytes(head_dim: int, itemsize: int = 2) -> int:
     """Dynamic shared memory of one block: the Q, K and V tiles, rows padded by 8 elements."""
     return 3 * TILE * (head_dim + 8) * itemsize
-
-
-@functools.cache
-def _opt_in_bytes() -> int:
-    """Shared memory a block may use on this CUDA device (0 where unknown or older than sm_80)."""
-    info = mx.device_info() if hasattr(mx, "device_info") else {}
-    cc = (info.get("compute_capability_major"), info.get("compute_capability_minor"))
-    if None in cc or cc < (8, 0):
-        return 0
-    return (OPT_IN_SMEM_KB.get(cc, 99) - 1) * 1024  # 1 KB per block is the driver's
 
 
 def unsupported(q: mx.array, k: mx.array, v: mx.array, scale: float) -> str | None:
@@ -65,8 +53,8 @@ def unsupported(q: mx.array, k: mx.array, v: mx.array, scale: float) -> str | No
         return f"scale {scale} (the kernel uses head_dim^-1/2)"
     if k.shape[2] < q.shape[2]:
         return "fewer keys than queries"
-    if shared_bytes(D) > _opt_in_bytes():
-        return f"{shared_bytes(D)} bytes of shared memory a block (this card allows {_opt_in_bytes()})"
+    if shared_bytes(D) > gpu.opt_in_shared_bytes():
+        return f"{shared_bytes(D)} bytes of shared memory a block (this card allows {gpu.opt_in_shared_bytes()})"
     return None
 
 

@@ -26,6 +26,12 @@ SERIAL_ROWS = 4  # state rows per 32-thread group in the serial kernel (they sha
 DECODE_THREADS = 512  # at most, per threadgroup of the decode kernel: one head's DV rows (its norm reads them all)
 PROLOGUE_GROUPS = 8  # tokens (32-thread groups) per threadgroup of the prefill prologue: neighbours share rows
 SMEM_BYTES = {"cuda": 48 * 1024, "metal": 32 * 1024}  # static shared / threadgroup memory per group
+# Shared memory one block may opt into, by compute capability (KB; CUDA programming guide), for sm_80+ cards
+# (ldmatrix, cp.async and bf16 tensor cores).
+OPT_IN_SMEM_KB = {(8, 0): 163, (8, 6): 99, (8, 7): 163, (8, 9): 99, (9, 0): 227, (10, 0): 227, (12, 0): 99}
+# The state pass's threadgroup memory on CUDA, at most (its ring of round slots in dynamic shared memory): two
+# blocks an SM still fit on sm_80 / sm_90 (B * Hv * Dv / 16 blocks can outnumber the SMs: B > 1).
+STATE_SMEM_CAP = 96 * 1024
 SLICE = {"cuda": 32, "metal": 16}  # operand columns staged per step (Metal: 32 KB of threadgroup memory)
 HALF = (mx.bfloat16, mx.float16)  # 16-bit inputs: exact in TF32 (one tensor-core product, no split)
 GPU_CHUNK_SIZES = (16, 32, 64)  # T (C x C fp32) must fit threadgroup memory next to the operand slices
@@ -73,7 +79,7 @@ def unsupported_dims(Dk: int, Dv: int, chunk_size: int | None, backend: str, key
         return f"chunk size {chunk_size} (GPU kernels take {GPU_CHUNK_SIZES})"
     if chunk_size is not None:
         plan = state_staging(backend, chunk_size, Dk, Dv, key_bytes)
-        if _state_bytes(chunk_size, Dk, *plan, key_bytes) > SMEM_BYTES[backend]:
+        if _state_bytes(chunk_size, Dk, *plan, key_bytes) > state_budget(backend):
             return f"Dk={Dk} with chunk size {chunk_size} ({backend} threadgroup memory)"
     return None
 
@@ -102,18 +108,22 @@ def kernel_sources(backend: str, body_file: str) -> tuple[str, str]:
     return read_source(f"prelude_{backend}.h") + read_source(body_file), read_source(f"helpers_{backend}.h")
 
 
-def build_kernel(backend: str, name: str, body_file: str, inputs, outputs):
-    """An MLX custom-kernel object (`deltaserve_<name>`) for one body file on one backend."""
+def build_kernel(backend: str, name: str, body_file: str, inputs, outputs, shared: int = 0):
+    """An MLX custom-kernel object (`deltaserve_<name>`) for one body file on one backend; `shared`: the bytes of
+    dynamic shared memory its launches get (CUDA)."""
     source, header = kernel_sources(backend, body_file)
-    factory = mx.fast.metal_kernel if backend == "metal" else mx.fast.cuda_kernel
-    return factory(name=f"deltaserve_{name}", input_names=list(inputs), output_names=list(outputs), source=source,
-                   header=header)
+    kw = dict(name=f"deltaserve_{name}", input_names=list(inputs), output_names=list(outputs), source=source,
+              header=header)
+    if backend == "metal":
+        return mx.fast.metal_kernel(**kw)
+    return mx.fast.cuda_kernel(**kw, shared_memory=shared)
 
 
 @functools.cache
-def kernel(backend: str, body: str):
-    """The MLX custom-kernel object for one GDN body on one backend (built on first use)."""
-    return build_kernel(backend, f"gdn_{body}", f"gdn_{body}.body", *BODIES[body])
+def kernel(backend: str, body: str, shared: int = 0):
+    """The MLX custom-kernel object for one GDN body on one backend (built on first use), per dynamic shared
+    memory size (CUDA: the state pass's ring)."""
+    return build_kernel(backend, f"gdn_{body}", f"gdn_{body}.body", *BODIES[body], shared)
 
 
 def _sizes(q: mx.array, v: mx.array) -> list[tuple[str, int]]:
@@ -131,6 +141,25 @@ def _slice(backend: str, C: int, Dk: int, Dv: int) -> int:
     return ks if Dk % ks == 0 and Dv % ks == 0 else 16
 
 
+@functools.cache
+def opt_in_shared_bytes() -> int:
+    """Shared memory a block may use on this CUDA device (0 where unknown or older than sm_80)."""
+    info = mx.device_info() if hasattr(mx, "device_info") else {}
+    cc = (info.get("compute_capability_major"), info.get("compute_capability_minor"))
+    if None in cc or cc < (8, 0):
+        return 0
+    return (OPT_IN_SMEM_KB.get(cc, 99) - 1) * 1024  # 1 KB per block is the driver's
+
+
+def state_budget(backend: str) -> int:
+    """Threadgroup memory the state pass may plan with: Metal's 32 KB; on CUDA the 48 KB of static shared memory
+    every card gives, or more where the card lets a block opt into more (up to STATE_SMEM_CAP): the ring of round
+    slots is the launch's dynamic shared memory."""
+    if backend != "cuda":
+        return SMEM_BYTES[backend]
+    return max(SMEM_BYTES[backend], min(opt_in_shared_bytes(), STATE_SMEM_CAP))
+
+
 def _slot_floats(C: int, Dk: int, ws: int, kr: int, key_bytes: int, w_bytes: int = 4) -> int:
     """One round slot of the state pass: WS columns of W (C rows, pitch WS + 16 / w_bytes elements) or KR rows
     of keys (pitch Dk + 8), in floats; both pitches keep rows 16-byte aligned."""
@@ -144,7 +173,12 @@ def _state_bytes(C: int, Dk: int, ws: int, kr: int, pad: int, nbuf: int, key_byt
     `nbuf` round slots."""
     rp = STATE_TILE + 4 if key_bytes == 2 else STATE_TILE + pad  # kdec R's pitch (16-bit keys: ldmatrix order)
     rs = 2 * (C + Dk) * (STATE_TILE + 8) if w_bytes == 2 else 4 * C * rp
-    return 4 * Dk * (STATE_TILE + pad) + rs + 4 * nbuf * _slot_floats(C, Dk, ws, kr, key_bytes, w_bytes)
+    return 4 * Dk * (STATE_TILE + pad) + rs + ring_bytes(C, Dk, ws, kr, nbuf, key_bytes, w_bytes)
+
+
+def ring_bytes(C: int, Dk: int, ws: int, kr: int, nbuf: int, key_bytes: int = 2, w_bytes: int = 4) -> int:
+    """The state pass's ring of `nbuf` round slots (on CUDA its dynamic shared memory)."""
+    return 4 * nbuf * _slot_floats(C, Dk, ws, kr, key_bytes, w_bytes)
 
 
 def w_dtype(backend: str, tf: bool, q: mx.array, k: mx.array, v: mx.array, C: int) -> mx.Dtype:
@@ -155,34 +189,39 @@ def w_dtype(backend: str, tf: bool, q: mx.array, k: mx.array, v: mx.array, C: in
     if backend != "cuda" or not tf or k.dtype not in HALF or not q.dtype == k.dtype == v.dtype:
         return mx.float32
     Dk, Dv = k.shape[-1], v.shape[-1]
-    fits = _state_bytes(C, Dk, *state_staging(backend, C, Dk, Dv, 2, 2), 2, 2) <= SMEM_BYTES[backend]
+    fits = _state_bytes(C, Dk, *state_staging(backend, C, Dk, Dv, 2, 2), 2, 2) <= state_budget(backend)
     return k.dtype if fits else mx.float32
 
 
-@functools.cache  # a search over ~80 plans (~75 us on a CPU): run once per shape, not twice a GDN layer call
 def state_staging(backend: str, C: int, Dk: int, Dv: int, key_bytes: int = 2,
                   w_bytes: int = 4) -> tuple[int, int, int, int]:
-    """(W columns, key rows, S row padding, ring slots) of the state pass within the backend's threadgroup
-    memory. The ring hides global-memory latency by running NBUF - 1 rounds ahead and each round costs a
-    barrier on this sequential path, so: a ring of at least 3 (with 2, one round ahead, the latency shows every
-    round), then the fewest rounds per chunk, then padding, then the deeper ring (up to 4). (H200, 16384 tokens,
-    bf16, Dk = 128: (32, 32, 8, 3) 0.70 ms; (32, 32, 0, 4) 0.83; (64, 64, 0, 2) 0.66-0.99; (16, 16, 8, 4) 0.90.)
-    Metal copies synchronously (no cp.async), so there only the fewest rounds count: a ring of 2. With 16-bit
-    products (w_bytes = 2) rounds are whole k-steps of 16."""
+    """(W columns, key rows, S row padding, ring slots) of the state pass within `state_budget(backend)`."""
+    return plan_staging(backend, C, Dk, Dv, key_bytes, w_bytes, state_budget(backend))
+
+
+@functools.cache  # a search over ~80 plans (~75 us on a CPU): run once per shape, not twice a GDN layer call
+def plan_staging(backend: str, C: int, Dk: int, Dv: int, key_bytes: int, w_bytes: int,
+                 budget: int) -> tuple[int, int, int, int]:
+    """The state pass's staging plan in `budget` bytes of threadgroup memory. The ring hides global-memory
+    latency by running NBUF - 1 rounds ahead and each round costs a barrier on this sequential path, so: a ring
+    of at least 3 (with 2, one round ahead, the latency shows every round), then the fewest rounds per chunk,
+    then padding, then the deeper ring (up to 4). (H200, 16384 tokens, bf16, Dk = 128: (32, 32, 8, 3) 0.70 ms;
+    (32, 32, 0, 4) 0.83; (64, 64, 0, 2) 0.66-0.99; (16, 16, 8, 4) 0.90.) Metal copies synchronously (no
+    cp.async), so there only the fewest rounds count: a ring of 2. With 16-bit products (w_bytes = 2) rounds are
+    whole k-steps of 16."""
     plans = []
     step = 16 if w_bytes == 2 else 8
     for ws in (w for w in (Dk, 64, 32, 16, 8) if step <= w <= Dk and Dk % w == 0):
         for kr in (r for r in (C, 32, 16, 8) if step <= r <= C and C % r == 0):
             for pad in (8, 0):
-                fixed = 4 * (Dk + C) * (STATE_TILE + pad) if w_bytes == 4 else _state_bytes(C, Dk, ws, kr, pad, 0, 2, 2)
-                free = SMEM_BYTES[backend] - fixed
-                nbuf = min(4, free // (4 * _slot_floats(C, Dk, ws, kr, key_bytes, w_bytes)))
+                free = budget - _state_bytes(C, Dk, ws, kr, pad, 0, key_bytes, w_bytes)
+                nbuf = min(4, max(free, 0) // ring_bytes(C, Dk, ws, kr, 1, key_bytes, w_bytes))
                 rounds = Dk // ws + C // kr
                 if backend == "metal":
                     nbuf = 2
                 plans.append((nbuf < 3 and backend == "cuda", rounds, -pad, -nbuf, (ws, kr, pad, max(nbuf, 2))))
     plans.sort()
-    fits = [p[-1] for p in plans if _state_bytes(C, Dk, *p[-1], key_bytes, w_bytes) <= SMEM_BYTES[backend]]
+    fits = [p[-1] for p in plans if _state_bytes(C, Dk, *p[-1], key_bytes, w_bytes) <= budget]
     return fits[0] if fits else min((p[-1] for p in plans),
                                     key=lambda p: _state_bytes(C, Dk, *p, key_bytes, w_bytes))
 
@@ -210,8 +249,8 @@ class ChunkPlan:
         self.sizes = _sizes(q, v)
         self.tf = ("TF", tf32(backend, v.dtype))  # the outputs take v's dtype
 
-    def _call(self, body: str, inputs, shapes, dtypes, grid, threads, template):
-        return kernel(self.backend, body)(inputs=inputs, output_shapes=shapes, output_dtypes=dtypes, grid=grid,
+    def _call(self, body: str, inputs, shapes, dtypes, grid, threads, template, shared: int = 0):
+        return kernel(self.backend, body, shared)(inputs=inputs, output_shapes=shapes, output_dtypes=dtypes, grid=grid,
                                           threadgroup=(threads, 1, 1), template=template, verbose=self.verbose)
 
     def prep(self, q, k, v, g, beta):
@@ -232,12 +271,15 @@ class ChunkPlan:
     def states(self, k, w, u, gc, state):
         C, N, BH, Dk, Dv = self.C, self.N, self.BH, self.Dk, self.Dv
         ws, kr, pad, nbuf = state_staging(self.backend, C, Dk, Dv, k.dtype.size, w.dtype.size)
+        # CUDA: the ring of round slots is dynamic shared memory (past the 48 KB a block gets statically)
+        ring = ring_bytes(C, Dk, ws, kr, nbuf, k.dtype.size, w.dtype.size) if self.backend == "cuda" else 0
         return self._call(
             "chunk_state", [k, w, u, gc, state.astype(mx.float32)],
             [(BH, N, Dk, Dv), (BH, N, C, Dv), (self.B, self.Hv, Dv, Dk)], [w.dtype, w.dtype, mx.float32],
             (Dv // STATE_TILE * STATE_THREADS, BH, 1), STATE_THREADS,
             [("KT", k.dtype), ("WT", w.dtype), ("KX", k.dtype in HALF), self.tf, ("C", C), *self.sizes,
              ("TV", STATE_TILE), ("WS", ws), ("KR", kr), ("SPAD", pad), ("NBUF", nbuf), ("NT", STATE_THREADS)],
+            ring,
         )
 
     def outputs(self, q, hs, r, p, gc, dtype):

@@ -15,3 +15,4 @@
 #define DS_MAX(a, b) fmaxf(a, b)
 #define DS_BITS_FLOAT(i) __int_as_float(i)  // a float passed as its bits (template arguments are integers)
 #define DS_MMA16 1  // 16-bit tensor-core tiles (fa_mma, fa_ldmatrix_x4 in helpers_cuda.h)
+#define DS_DYNAMIC_SHARED 1  // dynamic shared memory (`extern __shared__`, sized at launch)

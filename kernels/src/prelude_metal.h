@@ -17,3 +17,4 @@
 #define DS_MAX(a, b) metal::max(a, b)
 #define DS_BITS_FLOAT(i) as_type<float>(i)  // a float passed as its bits (template arguments are integers)
 #define DS_MMA16 0  // no 16-bit tensor-core tiles: the bodies keep their fp32 products
+#define DS_DYNAMIC_SHARED 0  // threadgroup memory is static

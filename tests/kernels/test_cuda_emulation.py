@@ -88,6 +88,36 @@ def test_16_bit_products_take_the_inputs_dtype_only_under_plain_tf32(tmp_path, m
                           rel=5e-3 if tf32 == "1" else 1e-5)
 
 
+SM90 = (gpu.OPT_IN_SMEM_KB[9, 0] - 1) * 1024  # what an H100 / H200 block may opt into
+
+
+@pytest.mark.parametrize("tf32", ["1", "0"], ids=["TF32", "3xTF32"])
+def test_cuda_kernels_with_an_h200_sized_ring_match_the_oracle(tmp_path, monkeypatch, tf32):
+    """On a card with more shared memory than the 48 KB of static, the state pass's ring is dynamic shared
+    memory and its rounds are wider (a chunk of the model's Dk 128 in 2 rounds instead of 4 with 16-bit
+    products, fewer with fp32 ones too): the same results. Weak decay, so R and the chunk-start states carry
+    weight."""
+    monkeypatch.setattr(gpu, "opt_in_shared_bytes", lambda: SM90)
+    monkeypatch.setenv("MLX_ENABLE_TF32", tf32)
+    wb = 2 if tf32 == "1" else 4
+    ws, kr, _, nbuf = gpu.state_staging("cuda", 64, 128, 32, 2, wb)
+    assert gpu.ring_bytes(64, 128, ws, kr, nbuf, 2, wb) > gpu.SMEM_BYTES["cuda"] // 2
+    monkeypatch.setattr(gpu, "opt_in_shared_bytes", lambda: 0)
+    small = gpu.state_staging("cuda", 64, 128, 32, 2, wb)
+    assert 128 // ws + 64 // kr < 128 // small[0] + 64 // small[1]  # fewer rounds a chunk than in 48 KB
+    monkeypatch.setattr(gpu, "opt_in_shared_bytes", lambda: SM90)
+    ref, out, state = _chunked(tmp_path, mx.bfloat16, 64, shape=SHAPES["Dk128"], decay="weak")
+    ref_out, ref_state = oracle.serial(*ref)
+    assert_close_to_scale("out", out, ref_out, rel=1e-2)
+    assert_close_to_scale("state", state, ref_state, rel=5e-3 if tf32 == "1" else 1e-5)
+
+
+def test_thread_sanitizer_is_silent_on_the_h200_sized_ring(tmp_path, monkeypatch):
+    monkeypatch.setattr(gpu, "opt_in_shared_bytes", lambda: SM90)
+    monkeypatch.setenv("MLX_ENABLE_TF32", "1")
+    _chunked(tmp_path, mx.bfloat16, 64, sanitize=True, shape=SHAPES["Dk128"])
+
+
 def test_thread_sanitizer_is_silent_on_the_cuda_form(tmp_path, monkeypatch):
     monkeypatch.setenv("MLX_ENABLE_TF32", "1")
     _chunked(tmp_path, mx.bfloat16, 64, sanitize=True)  # run_launches fails on any ThreadSanitizer report

@@ -55,8 +55,8 @@ def record_launches(fn: Callable[[], object]) -> tuple[object, list[Launch]]:
             return outs
         return launch
 
-    def gdn_kernel(backend: str, body: str, *_):
-        return recorder(body, gpu.BODIES[body], *gpu.kernel_sources("cuda", f"gdn_{body}.body"))
+    def gdn_kernel(backend: str, body: str, shared: int = 0):
+        return recorder(body, gpu.BODIES[body], *gpu.kernel_sources("cuda", f"gdn_{body}.body"), shared)
 
     def attention_kernel(shared: int):
         return recorder("attention", (("q", "k", "v"), ("out",)), gpu.read_source("attention_cuda.body"),
