@@ -32,6 +32,7 @@ OPT_IN_SMEM_KB = {(8, 0): 163, (8, 6): 99, (8, 7): 163, (8, 9): 99, (9, 0): 227,
 # The state pass's threadgroup memory on CUDA, at most (its ring of round slots in dynamic shared memory): two
 # blocks an SM still fit on sm_80 / sm_90 (B * Hv * Dv / 16 blocks can outnumber the SMs: B > 1).
 STATE_SMEM_CAP = 96 * 1024
+MLX_OPT_IN_ABOVE = 48000  # MLX raises a custom kernel's shared-memory limit only for dynamic requests above this
 SLICE = {"cuda": 32, "metal": 16}  # operand columns staged per step (Metal: 32 KB of threadgroup memory)
 HALF = (mx.bfloat16, mx.float16)  # 16-bit inputs: exact in TF32 (one tensor-core product, no split)
 GPU_CHUNK_SIZES = (16, 32, 64)  # T (C x C fp32) must fit threadgroup memory next to the operand slices
@@ -160,6 +161,16 @@ def state_budget(backend: str) -> int:
     return max(SMEM_BYTES[backend], min(opt_in_shared_bytes(), STATE_SMEM_CAP))
 
 
+def dynamic_request(static: int, dynamic: int) -> int:
+    """The dynamic shared memory to ask MLX for, for a kernel with `static` bytes of its own that needs `dynamic`
+    more. MLX opts a kernel into more than 48 KB a block only where the dynamic part alone passes MLX_OPT_IN_ABOVE
+    (mlx/backend/cuda/custom_kernel.cpp), and a launch over the limit fails without an error reaching Python (its
+    outputs are left unwritten): where the sum passes 48 KB, ask for at least just over that."""
+    if static + dynamic > SMEM_BYTES["cuda"]:
+        return max(dynamic, MLX_OPT_IN_ABOVE + 16)
+    return dynamic
+
+
 def _slot_floats(C: int, Dk: int, ws: int, kr: int, key_bytes: int, w_bytes: int = 4) -> int:
     """One round slot of the state pass: WS columns of W (C rows, pitch WS + 16 / w_bytes elements) or KR rows
     of keys (pitch Dk + 8), in floats; both pitches keep rows 16-byte aligned."""
@@ -272,7 +283,10 @@ class ChunkPlan:
         C, N, BH, Dk, Dv = self.C, self.N, self.BH, self.Dk, self.Dv
         ws, kr, pad, nbuf = state_staging(self.backend, C, Dk, Dv, k.dtype.size, w.dtype.size)
         # CUDA: the ring of round slots is dynamic shared memory (past the 48 KB a block gets statically)
-        ring = ring_bytes(C, Dk, ws, kr, nbuf, k.dtype.size, w.dtype.size) if self.backend == "cuda" else 0
+        ring = 0
+        if self.backend == "cuda":
+            ring = ring_bytes(C, Dk, ws, kr, nbuf, k.dtype.size, w.dtype.size)
+            ring = dynamic_request(_state_bytes(C, Dk, ws, kr, pad, nbuf, k.dtype.size, w.dtype.size) - ring, ring)
         return self._call(
             "chunk_state", [k, w, u, gc, state.astype(mx.float32)],
             [(BH, N, Dk, Dv), (BH, N, C, Dv), (self.B, self.Hv, Dv, Dk)], [w.dtype, w.dtype, mx.float32],

@@ -41,3 +41,30 @@ def test_state_staging_plans_tile_the_chunk_and_fit_where_the_kernels_run(backen
         assert fits and nbuf >= 3  # the model's shapes: a ring that runs at least two rounds ahead
     if backend == "metal":
         assert nbuf == 2  # synchronous copies: a deeper ring would only cost memory
+
+
+@pytest.mark.parametrize(("dk", "dv", "dtype", "tf32"), [(32, 16, mx.float32, "0"), (64, 32, mx.float32, "0"),
+                                                        (128, 128, mx.bfloat16, "1"), (128, 32, mx.bfloat16, "0"),
+                                                        (256, 64, mx.bfloat16, "1")])
+@pytest.mark.parametrize("opt_in_kb", [0, 99, 227], ids=["48K", "sm89", "sm90"])
+def test_the_state_pass_launch_asks_for_shared_memory_mlx_will_grant(monkeypatch, dk, dv, dtype, tf32, opt_in_kb):
+    """The ring's dynamic shared memory covers the plan, and wherever static + dynamic pass the 48 KB a block
+    gets by default, the request is one MLX opts the kernel in for (dynamic alone above 48000 bytes, as
+    mlx/backend/cuda/custom_kernel.cpp sets CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES): a launch over the
+    limit would fail without an error, its outputs unwritten (found on an H200: Dk 32, fp32, chunk 64)."""
+    from tests.kernels.emulator.cuda_emulate import record_launches
+    from tests.kernels.inputs import make_gdn_inputs
+
+    monkeypatch.setattr(gpu, "opt_in_shared_bytes", lambda: max(opt_in_kb - 1, 0) * 1024)
+    monkeypatch.setenv("MLX_ENABLE_TF32", tf32)
+    _, (q, k, v, g, beta, s0) = make_gdn_inputs(B=1, T=70, Hk=1, Hv=2, Dk=dk, Dv=dv, seed=0, dtype=dtype)
+    _, launches = record_launches(lambda: gpu.chunked(q, k, v, g, beta, s0, chunk_size=64, backend="cuda"))
+    state = launches[1]
+    t = dict(state.template)
+    kb, wb = t["KT"].size, t["WT"].size
+    ring = gpu.ring_bytes(64, dk, t["WS"], t["KR"], t["NBUF"], kb, wb)
+    static = gpu._state_bytes(64, dk, t["WS"], t["KR"], t["SPAD"], t["NBUF"], kb, wb) - ring
+    assert state.shared >= ring
+    assert static + state.shared <= gpu.state_budget("cuda") or state.shared == gpu.MLX_OPT_IN_ABOVE + 16
+    if static + state.shared > 48 * 1024:
+        assert state.shared > 48000
