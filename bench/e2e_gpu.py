@@ -474,6 +474,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="then N prompts of lengths the server has not seen, each twice (first-request cost)")
     parser.add_argument("--alternate", action="store_true",
                         help="also time --gdn-chunked and transformers prefill in alternating runs (ratios only)")
+    parser.add_argument("--our-rows", default="serial,chunked", choices=["serial,chunked", "chunked,serial"],
+                        help="the order our two rows run in (each loads its own model after the last one's is "
+                             "dropped: does the second row's decode pay for what the first left behind?)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     return parser
 
@@ -499,7 +502,8 @@ def main() -> None:
     if "transformers" in systems and (r := run_transformers(path, dtype, args)):
         results.append(r)
     if "ours" in systems:
-        results += [run_ours(path, dtype, args, "serial"), run_ours(path, dtype, args, "chunked")]
+        rows = {m: run_ours(path, dtype, args, m) for m in args.our_rows.split(",")}
+        results += [rows[m] for m in ("serial", "chunked") if m in rows]
     print(table(results, args.contexts, args.decode_context))
     for line in [*ratios(results, args.contexts), *(f"{r.system}: {r.note}" for r in results if r.note)]:
         print(line)

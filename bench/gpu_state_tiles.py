@@ -2,7 +2,7 @@
 sequential state pass (B = 1, 16 heads x 128, bf16 inputs, C = 64), each against the shipped setting on the same
 card and run, with its result checked against the shipped setting's.
 
-Usage: python bench/gpu_state_tiles.py [--contexts 4096,16384] [--tiles 16x256,8x128,8x256,8x64,16x128,32x256]
+Usage: python bench/gpu_state_tiles.py [--contexts 4096,16384] [--tiles 16x256,16x512,8x128,8x256,8x64,16x128,32x256]
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def set_tile(tv: int, nt: int, **shape) -> bool:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--contexts", default="4096,16384")
-    parser.add_argument("--tiles", default="16x256,8x128,8x256,8x64,16x128,32x256")
+    parser.add_argument("--tiles", default="16x256,16x512,8x128,8x256,8x64,16x128,32x256")
     args = parser.parse_args()
     backend = gpu.gpu_backend()
     shipped = (gpu.STATE_TILE, gpu.STATE_THREADS)

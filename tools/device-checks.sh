@@ -8,7 +8,7 @@
 #                                        # projections, caches, parity, chunked model)
 #   bash tools/device-checks.sh kernels  # per-layer kernel table, bf16 q / k (the model's) and fp32 q / k; the
 #                                        # fused attention against MLX's path
-#   bash tools/device-checks.sh tiles    # the state pass's (TV, NT) tiling against the shipped one
+#   bash tools/device-checks.sh tiles [16x256,16x512] # the state pass's (TV, NT) tilings against the shipped one
 #   bash tools/device-checks.sh layers   # one prefill step split by layer component, and its kernels under ncu
 #   bash tools/device-checks.sh loop     # a decode token's time: step vs token loop; our e2e rows + server TTFT
 #   bash tools/device-checks.sh tune     # MLX's kernels per CUDA graph: decode and prefill
@@ -106,7 +106,7 @@ case "${1:?part: e2e, gates, kernels or tiles}" in
     done 2>&1 | tee "$out/kernels-ours-gpu-time.txt"
     ;;
   tiles)
-    timeout 280 python3 bench/gpu_state_tiles.py 2>&1 | tee "$out/tiles.txt"
+    timeout 280 python3 bench/gpu_state_tiles.py ${2:+--tiles "$2"} 2>&1 | tee "$out/tiles.txt"
     ;;
   layers)
     timeout 200 python3 bench/e2e_layers.py --tokens 2048 2>&1 | tee "$out/layers-2048.txt"
