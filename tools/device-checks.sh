@@ -200,13 +200,14 @@ case "${1:?part: e2e, gates, kernels or tiles}" in
   state-ncu)
     # The GDN state pass (the chunked core's sequential phase, ~half its time at 16384 tokens), its second call
     # (the first compiles), under Nsight Compute's full set with the CUDA source: where its warps stall, the
-    # shared-memory traffic per instruction (bank conflicts), and the hottest source lines.
+    # shared-memory traffic per instruction (bank conflicts), and the SASS with each instruction's executions and
+    # stall samples (MLX's NVRTC build has no -lineinfo, so the CUDA source view is empty: SASS only).
     kern=${2:-chunk_state}  # or chunk_prep (phase A), chunk_out
     timeout 450 ncu --kernel-name regex:$kern --launch-skip 1 --launch-count 1 --set full --import-source yes \
       --page details --print-details all python3 bench/profile_run.py gdn 16384 --repeat 2 2>&1 \
       | tee "$out/state-ncu-details.txt" | grep -i -A2 "stall\|bank\|wavefront\|Duration\|Warp Cycles" | head -80
     timeout 120 ncu --kernel-name regex:$kern --launch-skip 1 --launch-count 1 --import-source yes \
-      --section SourceCounters --page source --print-source cuda,sass --csv python3 bench/profile_run.py gdn 16384 \
+      --section SourceCounters --page source --print-source sass --csv python3 bench/profile_run.py gdn 16384 \
       --repeat 2 > "$out/state-ncu-source.csv" 2>/dev/null; wc -l "$out/state-ncu-source.csv"
     ;;
   *) echo "unknown part $1" >&2; exit 2 ;;
