@@ -261,8 +261,9 @@ class ChunkPlan:
         self.tf = ("TF", tf32(backend, v.dtype))  # the outputs take v's dtype
 
     def _call(self, body: str, inputs, shapes, dtypes, grid, threads, template, shared: int = 0):
-        return kernel(self.backend, body, shared)(inputs=inputs, output_shapes=shapes, output_dtypes=dtypes, grid=grid,
-                                          threadgroup=(threads, 1, 1), template=template, verbose=self.verbose)
+        return kernel(self.backend, body, shared)(inputs=inputs, output_shapes=shapes, output_dtypes=dtypes,
+                                                  grid=grid, threadgroup=(threads, 1, 1), template=template,
+                                                  verbose=self.verbose)
 
     def prep(self, q, k, v, g, beta):
         C, N, BH, Dk, Dv = self.C, self.N, self.BH, self.Dk, self.Dv
