@@ -48,7 +48,7 @@ def take_the_cuda_path() -> None:
     """Every kernel factory and device check of the NVIDIA path, as if on an NVIDIA GPU."""
     kernels.gpu.gpu_backend = kernels.norm.gpu_backend = lambda: "cuda"
     kernels.attention.kernels_off = kernels.gemv.kernels_off = lambda: None
-    kernels.gpu.opt_in_shared_bytes = lambda: (kernels.gpu.OPT_IN_SMEM_KB[9, 0] - 1) * 1024  # an H100 / H200
+    kernels.gpu.opt_in_shared_bytes = lambda: kernels.gpu.opt_in_bytes((9, 0))  # an H100 / H200
     for owner, name in ((kernels.gpu, "kernel"), (kernels.norm, "_kernel"), (kernels.attention, "_kernel"),
                         (kernels.attention, "_decode_kernel"), (kernels.attention, "_qk_kernel"),
                         (kernels.gemv, "_kernel")):

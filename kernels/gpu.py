@@ -142,14 +142,19 @@ def _slice(backend: str, C: int, Dk: int, Dv: int) -> int:
     return ks if Dk % ks == 0 and Dv % ks == 0 else 16
 
 
-@functools.cache
-def opt_in_shared_bytes() -> int:
-    """Shared memory a block may use on this CUDA device (0 where unknown or older than sm_80)."""
-    info = mx.device_info() if hasattr(mx, "device_info") else {}
-    cc = (info.get("compute_capability_major"), info.get("compute_capability_minor"))
-    if None in cc or cc < (8, 0):
+def opt_in_bytes(cc: tuple[int, int] | None) -> int:
+    """Shared memory a block may use on a card of compute capability `cc` (0 where unknown or older than sm_80)."""
+    if cc is None or cc < (8, 0):
         return 0
     return (OPT_IN_SMEM_KB.get(cc, 99) - 1) * 1024  # 1 KB per block is the driver's
+
+
+@functools.cache
+def opt_in_shared_bytes() -> int:
+    """`opt_in_bytes` of this CUDA device."""
+    info = mx.device_info() if hasattr(mx, "device_info") else {}
+    cc = (info.get("compute_capability_major"), info.get("compute_capability_minor"))
+    return opt_in_bytes(None if None in cc else cc)
 
 
 def state_budget(backend: str) -> int:
@@ -161,12 +166,13 @@ def state_budget(backend: str) -> int:
     return max(SMEM_BYTES[backend], min(opt_in_shared_bytes(), STATE_SMEM_CAP))
 
 
-def dynamic_request(static: int, dynamic: int) -> int:
-    """The dynamic shared memory to ask MLX for, for a kernel with `static` bytes of its own that needs `dynamic`
-    more. MLX opts a kernel into more than 48 KB a block only where the dynamic part alone passes MLX_OPT_IN_ABOVE
-    (mlx/backend/cuda/custom_kernel.cpp), and a launch over the limit fails without an error reaching Python (its
-    outputs are left unwritten): where the sum passes 48 KB, ask for at least just over that."""
-    if static + dynamic > SMEM_BYTES["cuda"]:
+def dynamic_request(total: int, dynamic: int) -> int:
+    """The dynamic shared memory to ask MLX for, for a kernel that needs `total` bytes of which `dynamic` are
+    dynamic. MLX opts a kernel into more than 48 KB a block only where the dynamic part alone passes
+    MLX_OPT_IN_ABOVE (mlx/backend/cuda/custom_kernel.cpp), and a launch over the limit fails without an error
+    reaching Python (its outputs are left unwritten): where the total passes 48 KB, ask for at least just over
+    that."""
+    if total > SMEM_BYTES["cuda"]:
         return max(dynamic, MLX_OPT_IN_ABOVE + 16)
     return dynamic
 
@@ -286,8 +292,8 @@ class ChunkPlan:
         # CUDA: the ring of round slots is dynamic shared memory (past the 48 KB a block gets statically)
         ring = 0
         if self.backend == "cuda":
-            ring = ring_bytes(C, Dk, ws, kr, nbuf, k.dtype.size, w.dtype.size)
-            ring = dynamic_request(_state_bytes(C, Dk, ws, kr, pad, nbuf, k.dtype.size, w.dtype.size) - ring, ring)
+            ring = dynamic_request(_state_bytes(C, Dk, ws, kr, pad, nbuf, k.dtype.size, w.dtype.size),
+                                   ring_bytes(C, Dk, ws, kr, nbuf, k.dtype.size, w.dtype.size))
         return self._call(
             "chunk_state", [k, w, u, gc, state.astype(mx.float32)],
             [(BH, N, Dk, Dv), (BH, N, C, Dv), (self.B, self.Hv, Dv, Dk)], [w.dtype, w.dtype, mx.float32],

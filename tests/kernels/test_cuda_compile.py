@@ -119,7 +119,7 @@ def test_cuda_form_compiles(case, tmp_path):
 
 
 # What a block may opt into: none known (48 KB of static shared memory, the CPU's answer) and an H100 / H200's
-OPT_IN = {"48K": 0, "sm90": (gpu.OPT_IN_SMEM_KB[9, 0] - 1) * 1024}
+OPT_IN = {"48K": 0, "sm90": gpu.opt_in_bytes((9, 0))}
 
 
 @pytest.mark.parametrize("card", list(OPT_IN))

@@ -88,7 +88,7 @@ def test_16_bit_products_take_the_inputs_dtype_only_under_plain_tf32(tmp_path, m
                           rel=5e-3 if tf32 == "1" else 1e-5)
 
 
-SM90 = (gpu.OPT_IN_SMEM_KB[9, 0] - 1) * 1024  # what an H100 / H200 block may opt into
+SM90 = gpu.opt_in_bytes((9, 0))  # what an H100 / H200 block may opt into
 
 
 @pytest.mark.parametrize("tf32", ["1", "0"], ids=["TF32", "3xTF32"])
